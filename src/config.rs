@@ -1,0 +1,487 @@
+//! Settings, read once at cold start from the environment.
+//!
+//! Every setting is checked here, so a bad deployment fails at once with one line that names
+//! the variable, instead of failing later on the first export.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::time::Duration;
+
+use url::Url;
+
+use crate::notify::SigningKeys;
+
+pub const DEFAULT_API_URL: &str = "https://api.v2.dealmachine.com/v1";
+pub const DEFAULT_PREFIX: &str = "dealmachine/exports/";
+pub const DEFAULT_DOWNLOAD_HOSTS: &str = "storage.googleapis.com";
+/// SQS refuses a `DelaySeconds` above 15 minutes.
+pub const MAX_SQS_DELAY_SECONDS: u64 = 900;
+const MIB: usize = 1024 * 1024;
+/// S3 refuses parts under 5 MiB, except the last.
+const MIN_PART_SIZE_MIB: usize = 5;
+
+/// A value that must never reach a log line, an error or a `Debug` dump.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The raw value, for the one place that has to send it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// A setting that is missing or malformed. The message names the variable and what it expects.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("{var} is not set: {expected}")]
+    Missing {
+        var: &'static str,
+        expected: &'static str,
+    },
+    #[error("{var} is invalid: {expected}, got {got:?}")]
+    Invalid {
+        var: &'static str,
+        expected: String,
+        got: String,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub api_key: Secret,
+    pub api_url: Url,
+    pub bucket: String,
+    /// Empty, or ends with `/`.
+    pub prefix: String,
+    pub queue_url: String,
+    /// Where records that can never succeed are set aside; unset, they are logged and dropped.
+    pub dead_letter_queue_url: Option<String>,
+    pub webhook: Option<WebhookConfig>,
+    pub poll: PollPolicy,
+    pub download_hosts: Vec<String>,
+    pub allow_insecure_http: bool,
+    pub s3_force_path_style: bool,
+    pub part_size: usize,
+    /// Parts uploading at once, across every file this process copies: memory is bounded by
+    /// `part_size * (parts_in_flight + files copying at once)`.
+    pub parts_in_flight: usize,
+    pub api_retry: RetryPolicy,
+}
+
+#[derive(Debug, Clone)]
+pub struct WebhookConfig {
+    pub url: Url,
+    pub keys: SigningKeys,
+    pub timeout: Duration,
+    pub retry: RetryPolicy,
+}
+
+/// How a running export is polled: by re-enqueueing it with a growing delay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PollPolicy {
+    pub initial_delay: Duration,
+    pub max_delay: Duration,
+    pub timeout: Duration,
+}
+
+/// Retries inside one invocation, for answers that may succeed a moment later (429, 5xx).
+/// Longer waits are left to SQS, so a Lambda never sleeps for long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    pub retries: usize,
+    pub first_delay: Duration,
+    pub max_delay: Duration,
+}
+
+impl RetryPolicy {
+    /// DealMachine's advice: 1, 2, 4, 8 s, capped at 30 s, with jitter.
+    pub const API: Self = Self {
+        retries: 4,
+        first_delay: Duration::from_secs(1),
+        max_delay: Duration::from_secs(30),
+    };
+    /// A webhook gets a few fast tries; after that SQS redelivers the record.
+    pub const WEBHOOK: Self = Self {
+        retries: 2,
+        first_delay: Duration::from_millis(500),
+        max_delay: Duration::from_secs(5),
+    };
+}
+
+impl Config {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads settings through `lookup`, so tests can pass a map instead of the environment.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let env = Env(&lookup);
+        let allow_insecure_http = env.boolean("ALLOW_INSECURE_HTTP", false)?;
+        let poll = PollPolicy {
+            initial_delay: env.seconds(
+                "POLL_INITIAL_DELAY_SECONDS",
+                30,
+                0..=MAX_SQS_DELAY_SECONDS,
+            )?,
+            max_delay: env.seconds("POLL_MAX_DELAY_SECONDS", 900, 1..=MAX_SQS_DELAY_SECONDS)?,
+            timeout: env.seconds("POLL_TIMEOUT_SECONDS", 86_400, 1..=30 * 86_400)?,
+        };
+        if poll.max_delay < poll.initial_delay {
+            return Err(invalid(
+                "POLL_MAX_DELAY_SECONDS",
+                "at least POLL_INITIAL_DELAY_SECONDS",
+                poll.max_delay.as_secs().to_string(),
+            ));
+        }
+        Ok(Self {
+            api_key: Secret::new(env.required(
+                "DEALMACHINE_API_KEY",
+                "the DealMachine API key (dm_sk_live_...)",
+            )?),
+            api_url: env.url("DEALMACHINE_API_URL", DEFAULT_API_URL, allow_insecure_http)?,
+            bucket: env.required(
+                "DESTINATION_BUCKET",
+                "the name of the S3 bucket for the files",
+            )?,
+            prefix: prefix(
+                env.optional("DESTINATION_PREFIX")
+                    .unwrap_or_else(|| DEFAULT_PREFIX.into()),
+            )?,
+            queue_url: env.required(
+                "QUEUE_URL",
+                "the URL of the SQS queue that running exports are re-enqueued on",
+            )?,
+            dead_letter_queue_url: env.optional("DEAD_LETTER_QUEUE_URL"),
+            webhook: webhook(&env, allow_insecure_http)?,
+            poll,
+            download_hosts: download_hosts(
+                &env.optional("DOWNLOAD_HOSTS")
+                    .unwrap_or_else(|| DEFAULT_DOWNLOAD_HOSTS.into()),
+            )?,
+            allow_insecure_http,
+            s3_force_path_style: env.boolean("S3_FORCE_PATH_STYLE", false)?,
+            part_size: env.number("PART_SIZE_MIB", 8, MIN_PART_SIZE_MIB as u64..=512)? as usize
+                * MIB,
+            parts_in_flight: env.number("PARTS_IN_FLIGHT", 4, 1..=64)? as usize,
+            api_retry: RetryPolicy::API,
+        })
+    }
+
+    /// Builds settings from `NAME=value` pairs; handy in tests and tools.
+    pub fn from_pairs<'a>(
+        pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<Self, ConfigError> {
+        let map: HashMap<String, String> = pairs
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect();
+        Self::from_lookup(|name| map.get(name).cloned())
+    }
+}
+
+fn webhook(env: &Env<'_>, allow_insecure_http: bool) -> Result<Option<WebhookConfig>, ConfigError> {
+    let Some(raw_url) = env.optional("WEBHOOK_URL") else {
+        return Ok(None);
+    };
+    let url = parse_url("WEBHOOK_URL", &raw_url, allow_insecure_http)?;
+    let secret = env.required(
+        "WEBHOOK_SECRET",
+        "one or more whsec_<base64> secrets, separated by spaces, when WEBHOOK_URL is set",
+    )?;
+    let keys = SigningKeys::parse(&secret)
+        .map_err(|reason| invalid("WEBHOOK_SECRET", &reason, "<redacted>".into()))?;
+    Ok(Some(WebhookConfig {
+        url,
+        keys,
+        timeout: env.seconds("WEBHOOK_TIMEOUT_SECONDS", 10, 1..=300)?,
+        retry: RetryPolicy::WEBHOOK,
+    }))
+}
+
+fn prefix(raw: String) -> Result<String, ConfigError> {
+    let trimmed = raw.trim();
+    if trimmed.starts_with('/') || trimmed.split('/').any(|part| part == ".." || part == ".") {
+        return Err(invalid(
+            "DESTINATION_PREFIX",
+            "a relative key prefix such as dealmachine/exports/, without a leading / or . or .. segments",
+            raw,
+        ));
+    }
+    Ok(match trimmed {
+        "" => String::new(),
+        p if p.ends_with('/') => p.to_string(),
+        p => format!("{p}/"),
+    })
+}
+
+fn download_hosts(raw: &str) -> Result<Vec<String>, ConfigError> {
+    let hosts: Vec<String> = raw
+        .split(',')
+        .map(|h| h.trim().to_ascii_lowercase())
+        .filter(|h| !h.is_empty())
+        .collect();
+    let valid = |h: &String| {
+        h.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'))
+    };
+    if hosts.is_empty() || !hosts.iter().all(valid) {
+        return Err(invalid(
+            "DOWNLOAD_HOSTS",
+            "a comma-separated list of host names, such as storage.googleapis.com",
+            raw.to_string(),
+        ));
+    }
+    Ok(hosts)
+}
+
+fn parse_url(var: &'static str, raw: &str, allow_insecure_http: bool) -> Result<Url, ConfigError> {
+    let url = Url::parse(raw).map_err(|_| invalid(var, "an absolute URL", raw.to_string()))?;
+    match url.scheme() {
+        "https" => Ok(url),
+        "http" if allow_insecure_http => Ok(url),
+        "http" => Err(invalid(
+            var,
+            "an https:// URL (http:// needs ALLOW_INSECURE_HTTP=true)",
+            raw.to_string(),
+        )),
+        _ => Err(invalid(var, "an https:// URL", raw.to_string())),
+    }
+}
+
+fn invalid(var: &'static str, expected: &str, got: String) -> ConfigError {
+    ConfigError::Invalid {
+        var,
+        expected: expected.to_string(),
+        got,
+    }
+}
+
+/// Lookup helpers that treat an empty value as unset, as SAM passes empty parameters.
+struct Env<'a>(&'a dyn Fn(&str) -> Option<String>);
+
+impl Env<'_> {
+    fn optional(&self, var: &str) -> Option<String> {
+        (self.0)(var).filter(|v| !v.trim().is_empty())
+    }
+
+    fn required(&self, var: &'static str, expected: &'static str) -> Result<String, ConfigError> {
+        self.optional(var)
+            .ok_or(ConfigError::Missing { var, expected })
+    }
+
+    fn url(
+        &self,
+        var: &'static str,
+        default: &str,
+        allow_insecure_http: bool,
+    ) -> Result<Url, ConfigError> {
+        parse_url(
+            var,
+            &self.optional(var).unwrap_or_else(|| default.into()),
+            allow_insecure_http,
+        )
+    }
+
+    fn boolean(&self, var: &'static str, default: bool) -> Result<bool, ConfigError> {
+        match self.optional(var).map(|v| v.trim().to_ascii_lowercase()) {
+            None => Ok(default),
+            Some(v) if v == "true" || v == "1" => Ok(true),
+            Some(v) if v == "false" || v == "0" => Ok(false),
+            Some(v) => Err(invalid(var, "true or false", v)),
+        }
+    }
+
+    fn number(
+        &self,
+        var: &'static str,
+        default: u64,
+        range: std::ops::RangeInclusive<u64>,
+    ) -> Result<u64, ConfigError> {
+        let Some(raw) = self.optional(var) else {
+            return Ok(default);
+        };
+        match raw.trim().parse::<u64>() {
+            Ok(n) if range.contains(&n) => Ok(n),
+            _ => Err(invalid(
+                var,
+                &format!("a whole number from {} to {}", range.start(), range.end()),
+                raw,
+            )),
+        }
+    }
+
+    fn seconds(
+        &self,
+        var: &'static str,
+        default: u64,
+        range: std::ops::RangeInclusive<u64>,
+    ) -> Result<Duration, ConfigError> {
+        self.number(var, default, range).map(Duration::from_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+    fn base() -> Vec<(&'static str, &'static str)> {
+        vec![
+            ("DEALMACHINE_API_KEY", "dm_sk_live_test"),
+            ("DESTINATION_BUCKET", "bucket"),
+            ("QUEUE_URL", "http://localhost/queue"),
+        ]
+    }
+
+    fn with(extra: &[(&'static str, &'static str)]) -> Result<Config, ConfigError> {
+        let mut pairs = base();
+        pairs.extend_from_slice(extra);
+        Config::from_pairs(pairs)
+    }
+
+    #[test]
+    fn defaults_apply_when_only_the_required_settings_are_given() {
+        let config = with(&[]).unwrap();
+        assert_eq!(config.api_url.as_str(), "https://api.v2.dealmachine.com/v1");
+        assert_eq!(config.prefix, "dealmachine/exports/");
+        assert_eq!(config.download_hosts, vec!["storage.googleapis.com"]);
+        assert_eq!(config.poll.initial_delay, Duration::from_secs(30));
+        assert_eq!(config.poll.max_delay, Duration::from_secs(900));
+        assert_eq!(config.poll.timeout, Duration::from_secs(86_400));
+        assert!(config.webhook.is_none());
+        assert!(!config.allow_insecure_http);
+    }
+
+    #[test]
+    fn each_missing_required_setting_is_named() {
+        for var in ["DEALMACHINE_API_KEY", "DESTINATION_BUCKET", "QUEUE_URL"] {
+            let pairs: Vec<_> = base().into_iter().filter(|(k, _)| *k != var).collect();
+            let err = Config::from_pairs(pairs).unwrap_err();
+            assert!(
+                err.to_string().starts_with(&format!("{var} is not set")),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_empty_value_counts_as_missing() {
+        let mut pairs = base();
+        pairs[1] = ("DESTINATION_BUCKET", "  ");
+        let err = Config::from_pairs(pairs).unwrap_err();
+        assert!(matches!(
+            err,
+            ConfigError::Missing {
+                var: "DESTINATION_BUCKET",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn malformed_settings_fail_with_the_variable_and_what_is_expected() {
+        let cases: &[(&str, &str)] = &[
+            ("DEALMACHINE_API_URL", "not a url"),
+            ("DEALMACHINE_API_URL", "http://api.example.com"),
+            ("POLL_INITIAL_DELAY_SECONDS", "-1"),
+            ("POLL_MAX_DELAY_SECONDS", "901"),
+            ("POLL_TIMEOUT_SECONDS", "soon"),
+            ("ALLOW_INSECURE_HTTP", "maybe"),
+            ("S3_FORCE_PATH_STYLE", "yes please"),
+            ("DESTINATION_PREFIX", "/abs/"),
+            ("DESTINATION_PREFIX", "a/../b"),
+            ("DOWNLOAD_HOSTS", " , "),
+            ("PART_SIZE_MIB", "4"),
+        ];
+        for (var, value) in cases {
+            let err = with(&[(var, value)]).unwrap_err();
+            assert!(
+                err.to_string().starts_with(&format!("{var} is invalid")),
+                "{var}={value}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn max_delay_below_initial_delay_is_refused() {
+        let err = with(&[
+            ("POLL_INITIAL_DELAY_SECONDS", "60"),
+            ("POLL_MAX_DELAY_SECONDS", "30"),
+        ])
+        .unwrap_err();
+        assert!(err.to_string().contains("POLL_MAX_DELAY_SECONDS"), "{err}");
+    }
+
+    #[test]
+    fn webhook_needs_a_whsec_secret_and_https() {
+        let err = with(&[("WEBHOOK_URL", "https://hooks.example.com/x")]).unwrap_err();
+        assert!(matches!(
+            err,
+            ConfigError::Missing {
+                var: "WEBHOOK_SECRET",
+                ..
+            }
+        ));
+
+        let err = with(&[
+            ("WEBHOOK_URL", "https://hooks.example.com/x"),
+            ("WEBHOOK_SECRET", "plain"),
+        ])
+        .unwrap_err();
+        assert!(
+            err.to_string().starts_with("WEBHOOK_SECRET is invalid"),
+            "{err}"
+        );
+        assert!(
+            !err.to_string().contains("plain"),
+            "the secret must not be echoed: {err}"
+        );
+
+        let err = with(&[
+            ("WEBHOOK_URL", "http://hooks.example.com/x"),
+            ("WEBHOOK_SECRET", SECRET),
+        ])
+        .unwrap_err();
+        assert!(err.to_string().contains("ALLOW_INSECURE_HTTP"), "{err}");
+
+        let ok = with(&[
+            ("WEBHOOK_URL", "http://127.0.0.1:9/x"),
+            ("WEBHOOK_SECRET", SECRET),
+            ("ALLOW_INSECURE_HTTP", "true"),
+        ])
+        .unwrap();
+        assert!(ok.webhook.is_some());
+    }
+
+    #[test]
+    fn prefix_gets_a_trailing_slash_and_hosts_are_normalised() {
+        let config = with(&[
+            ("DESTINATION_PREFIX", "team/drops"),
+            ("DOWNLOAD_HOSTS", "A.example.com, b.example.com"),
+        ])
+        .unwrap();
+        assert_eq!(config.prefix, "team/drops/");
+        assert_eq!(
+            config.download_hosts,
+            vec!["a.example.com", "b.example.com"]
+        );
+    }
+
+    #[test]
+    fn the_api_key_never_shows_in_debug_output() {
+        let config = with(&[]).unwrap();
+        assert!(!format!("{config:?}").contains("dm_sk_live_test"));
+    }
+}

@@ -1,0 +1,336 @@
+//! The DealMachine exports API, as far as the relay needs it: `GET /exports/{id}`.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use reqwest::StatusCode;
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+use crate::config::{RetryPolicy, Secret};
+use crate::events::ExportId;
+use crate::http::{self, BodyError};
+
+/// Export answers are small; a larger body means a broken or hostile server.
+const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+/// An export names its files; thousands of them is not an export we know how to handle.
+pub const MAX_FILES: usize = 1000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExportStatus {
+    Pending,
+    Processing,
+    Completed,
+    Failed,
+}
+
+/// An export as the API describes it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Export {
+    pub export_id: String,
+    pub status: ExportStatus,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub progress: Option<u32>,
+    #[serde(default)]
+    pub progress_stage: Option<String>,
+    #[serde(default)]
+    pub record_count: Option<u64>,
+    #[serde(default)]
+    pub file_size: Option<u64>,
+    /// Null until the export completes, and again once it expires.
+    #[serde(default)]
+    pub download_urls: Option<Vec<DownloadFile>>,
+    #[serde(default)]
+    pub created_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub updated_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DownloadFile {
+    pub filename: String,
+    pub url: String,
+    pub size: u64,
+}
+
+impl Export {
+    /// Completed, but its files can no longer be downloaded: it must be run again.
+    pub fn is_expired(&self, now: DateTime<Utc>) -> bool {
+        self.download_urls.is_none() || self.expires_at.is_some_and(|at| at <= now)
+    }
+}
+
+/// The export as read, plus what the answer said about the rate limit.
+#[derive(Debug)]
+pub struct Fetched {
+    pub export: Export,
+    /// Set when the API asked us to slow down on the way; the next poll waits at least this.
+    pub throttled_for: Option<Duration>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(
+        "export not found (404): check the ID and that it belongs to this API key's organization [{0}]"
+    )]
+    NotFound(ApiMessage),
+    #[error("this API key may not read the export (403) [{0}]")]
+    Forbidden(ApiMessage),
+    #[error("the API key was refused (401): set a valid key in DEALMACHINE_API_KEY [{0}]")]
+    Unauthorized(ApiMessage),
+    #[error("rate limited by the DealMachine API (429), retry after {retry_after:?} [{message}]")]
+    RateLimited {
+        retry_after: Option<Duration>,
+        message: ApiMessage,
+    },
+    #[error("the DealMachine API answered {status} [{message}]")]
+    Status {
+        status: StatusCode,
+        message: ApiMessage,
+    },
+    #[error("could not reach the DealMachine API: {0}")]
+    Transport(#[source] reqwest::Error),
+    #[error("the DealMachine API answered something that is not an export: {0}")]
+    InvalidResponse(String),
+}
+
+impl ApiError {
+    /// True when asking again can never succeed, so the record should not be retried.
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            Self::NotFound(_) | Self::Forbidden(_) | Self::Unauthorized(_)
+        ) || matches!(self, Self::Status { status, .. } if *status == StatusCode::BAD_REQUEST)
+    }
+
+    /// True when the API says this export is not ours to read: consumers hear `export.failed`.
+    pub fn is_unreadable_export(&self) -> bool {
+        matches!(self, Self::NotFound(_) | Self::Forbidden(_))
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::NotFound(_) => "export_not_found",
+            Self::Forbidden(_) => "export_forbidden",
+            Self::Unauthorized(_) => "api_key_refused",
+            Self::RateLimited { .. } => "api_rate_limited",
+            Self::Status { .. } => "api_error",
+            Self::Transport(_) => "api_unreachable",
+            Self::InvalidResponse(_) => "api_invalid_response",
+        }
+    }
+}
+
+/// DealMachine's error body, `{"error": {"code", "message", "request_id"}}`, kept for logs.
+#[derive(Debug, Default, Clone, Deserialize)]
+pub struct ApiMessage {
+    #[serde(default)]
+    pub code: Option<String>,
+    #[serde(default)]
+    pub message: Option<String>,
+    #[serde(default)]
+    pub request_id: Option<String>,
+}
+
+impl std::fmt::Display for ApiMessage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let field = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+        write!(
+            f,
+            "code={} message={} request_id={}",
+            field(&self.code),
+            field(&self.message),
+            field(&self.request_id)
+        )
+    }
+}
+
+pub struct DealMachineClient {
+    http: reqwest::Client,
+    base: Url,
+    key: Secret,
+    retry: RetryPolicy,
+}
+
+impl DealMachineClient {
+    pub fn new(http: reqwest::Client, base: Url, key: Secret, retry: RetryPolicy) -> Self {
+        Self {
+            http,
+            base,
+            key,
+            retry,
+        }
+    }
+
+    pub async fn get_export(&self, id: &ExportId) -> Result<Fetched, ApiError> {
+        let url = self.url(&["exports", id.as_str()]);
+        let sent = http::send_with_retry(&self.retry, is_transient, || {
+            self.http.get(url.clone()).bearer_auth(self.key.expose())
+        })
+        .await
+        .map_err(|e| ApiError::Transport(e.without_url()))?;
+        let throttled_for = sent.throttled_for;
+        let response = sent.response;
+        let status = response.status();
+        let body = http::read_capped(response, MAX_BODY_BYTES)
+            .await
+            .map_err(|e| match e {
+                BodyError::Read(e) => ApiError::Transport(e.without_url()),
+                too_large => ApiError::InvalidResponse(too_large.to_string()),
+            })?;
+        if !status.is_success() {
+            return Err(error_for(status, &body, throttled_for));
+        }
+        let export = parse_export(&body)?;
+        if export.export_id != id.as_str() {
+            return Err(ApiError::InvalidResponse(format!(
+                "asked for export {id}, got {:?}",
+                export.export_id
+            )));
+        }
+        Ok(Fetched {
+            export,
+            throttled_for,
+        })
+    }
+
+    fn url(&self, segments: &[&str]) -> Url {
+        let mut url = self.base.clone();
+        url.path_segments_mut()
+            .expect("the API URL is an http(s) URL, checked in config")
+            .pop_if_empty()
+            .extend(segments);
+        url
+    }
+}
+
+fn is_transient(status: StatusCode) -> bool {
+    status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error()
+}
+
+/// Parses `{"data": {...}}` into an export, with an error that says what was wrong.
+pub fn parse_export(body: &[u8]) -> Result<Export, ApiError> {
+    #[derive(Deserialize)]
+    struct Envelope {
+        data: Export,
+    }
+    let export = serde_json::from_slice::<Envelope>(body)
+        .map_err(|e| ApiError::InvalidResponse(format!("{e} (body starts {:?})", excerpt(body))))?
+        .data;
+    let files = export.download_urls.as_deref().unwrap_or_default();
+    if files.len() > MAX_FILES {
+        return Err(ApiError::InvalidResponse(format!(
+            "{} download_urls, more than the {MAX_FILES} the relay accepts",
+            files.len()
+        )));
+    }
+    Ok(export)
+}
+
+fn error_for(status: StatusCode, body: &[u8], throttled_for: Option<Duration>) -> ApiError {
+    #[derive(Deserialize)]
+    struct Envelope {
+        error: ApiMessage,
+    }
+    let message = serde_json::from_slice::<Envelope>(body)
+        .map(|e| e.error)
+        .unwrap_or_else(|_| ApiMessage {
+            message: Some(excerpt(body)),
+            ..Default::default()
+        });
+    match status {
+        StatusCode::NOT_FOUND => ApiError::NotFound(message),
+        StatusCode::FORBIDDEN => ApiError::Forbidden(message),
+        StatusCode::UNAUTHORIZED => ApiError::Unauthorized(message),
+        StatusCode::TOO_MANY_REQUESTS => ApiError::RateLimited {
+            retry_after: throttled_for,
+            message,
+        },
+        status => ApiError::Status { status, message },
+    }
+}
+
+fn excerpt(body: &[u8]) -> String {
+    String::from_utf8_lossy(&body[..body.len().min(120)]).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn body(data: serde_json::Value) -> Vec<u8> {
+        json!({ "data": data }).to_string().into_bytes()
+    }
+
+    #[test]
+    fn parses_the_documented_example() {
+        let example = include_str!("../tests/fixtures/get-export-completed.json");
+        let export = parse_export(example.as_bytes()).unwrap();
+        assert_eq!(export.status, ExportStatus::Completed);
+        assert_eq!(export.record_count, Some(15432));
+        let files = export.download_urls.unwrap();
+        assert_eq!(files[0].filename, "properties_export_2026-02-17.csv.gz");
+        assert_eq!(files[0].size, 2_457_600);
+    }
+
+    #[test]
+    fn a_running_export_has_no_files_yet() {
+        let export = parse_export(&body(json!({
+            "export_id": "x", "status": "processing", "progress": 40, "progress_stage": "Building",
+            "record_count": null, "file_size": null, "download_urls": null
+        })))
+        .unwrap();
+        assert_eq!(export.status, ExportStatus::Processing);
+        assert!(export.download_urls.is_none());
+    }
+
+    #[test]
+    fn bad_answers_are_invalid_responses() {
+        let cases: Vec<Vec<u8>> = vec![
+            b"<html>502 Bad Gateway</html>".to_vec(),
+            b"{\"data\": {\"export_id\": \"x\", \"status\": \"comp".to_vec(),
+            body(json!({"export_id": "x", "status": "archived"})),
+            body(json!({"export_id": "x", "status": "completed",
+                        "download_urls": [{"filename": "a", "url": "https://h/a", "size": -1}]})),
+            body(json!({"export_id": "x", "status": "completed",
+                        "download_urls": [{"filename": "a", "url": "https://h/a"}]})),
+            body(json!({"export_id": "x", "status": "completed",
+                        "download_urls": vec![json!({"filename": "a", "url": "https://h/a", "size": 1}); MAX_FILES + 1]})),
+        ];
+        for case in cases {
+            let err = parse_export(&case).unwrap_err();
+            assert!(matches!(err, ApiError::InvalidResponse(_)), "{err}");
+        }
+    }
+
+    #[test]
+    fn error_bodies_keep_the_request_id() {
+        let body = br#"{"error": {"code": "not_found", "message": "Export not found", "request_id": "req_1", "details": {}}}"#;
+        let err = error_for(StatusCode::NOT_FOUND, body, None);
+        assert!(err.is_permanent() && err.is_unreadable_export());
+        assert!(err.to_string().contains("request_id=req_1"), "{err}");
+        let err = error_for(StatusCode::BAD_GATEWAY, b"<html>", None);
+        assert!(!err.is_permanent());
+        assert!(error_for(StatusCode::UNAUTHORIZED, b"", None).is_permanent());
+    }
+
+    #[test]
+    fn expiry_follows_the_urls_and_the_clock() {
+        let mut export = parse_export(include_bytes!(
+            "../tests/fixtures/get-export-completed.json"
+        ))
+        .unwrap();
+        let before = "2026-02-20T00:00:00Z".parse().unwrap();
+        let after = "2026-02-25T00:00:00Z".parse().unwrap();
+        assert!(!export.is_expired(before));
+        assert!(export.is_expired(after));
+        export.download_urls = None;
+        assert!(export.is_expired(before));
+    }
+}

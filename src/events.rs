@@ -1,0 +1,282 @@
+//! What the function is asked to do: the three kinds of event it accepts, and the one request
+//! each of them boils down to, "relay this export".
+
+use std::fmt;
+
+use aws_lambda_events::sqs::SqsEvent;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// Longest export ID accepted; anything longer is not an ID.
+const MAX_EXPORT_ID_LEN: usize = 64;
+
+/// Input that can never become a valid request; retrying it would not help.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EventError {
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    #[error("invalid export ID {0:?}: expected 1 to 64 letters, digits or '-'")]
+    InvalidExportId(String),
+    #[error(
+        "unrecognised event: expected an SQS batch, a schedule with export_ids, or {{\"export_id\": ...}}"
+    )]
+    Unrecognised,
+}
+
+/// An export ID that is safe to put into a URL path and an S3 key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct ExportId(String);
+
+impl ExportId {
+    pub fn parse(raw: &str) -> Result<Self, EventError> {
+        let ok = (1..=MAX_EXPORT_ID_LEN).contains(&raw.len())
+            && raw.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+        if ok {
+            Ok(Self(raw.to_string()))
+        } else {
+            Err(EventError::InvalidExportId(shorten(raw)))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for ExportId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for ExportId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        Self::parse(&raw).map_err(serde::de::Error::custom)
+    }
+}
+
+/// "Relay this export": what an SQS record, a schedule entry or a direct invoke asks for.
+///
+/// It is also the body of the message that re-enqueues a running export, so `attempt` and
+/// `first_seen_at` travel with it from poll to poll.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExportRequest {
+    pub export_id: ExportId,
+    /// Upstream's correlation data, passed to the webhook untouched.
+    #[serde(default)]
+    pub metadata: Option<Map<String, Value>>,
+    /// Which poll this is, counting from 1.
+    #[serde(default = "first_attempt")]
+    pub attempt: u32,
+    /// When the relay first saw this export; polling stops `POLL_TIMEOUT_SECONDS` after it.
+    #[serde(default)]
+    pub first_seen_at: Option<DateTime<Utc>>,
+}
+
+fn first_attempt() -> u32 {
+    1
+}
+
+impl ExportRequest {
+    pub fn new(export_id: ExportId) -> Self {
+        Self {
+            export_id,
+            metadata: None,
+            attempt: 1,
+            first_seen_at: None,
+        }
+    }
+
+    /// Parses an SQS body: a bare export ID, or `{"export_id": ..., "metadata": {...}}`.
+    pub fn from_body(body: &str) -> Result<Self, EventError> {
+        let body = body.trim();
+        if body.starts_with('{') {
+            serde_json::from_str(body).map_err(|e| match e.classify() {
+                serde_json::error::Category::Data => data_error(e),
+                _ => EventError::Malformed(format!("not valid JSON ({e})")),
+            })
+        } else {
+            ExportId::parse(body).map(Self::new)
+        }
+    }
+
+    /// The request for the next poll of a still-running export.
+    pub fn next_poll(&self, now: DateTime<Utc>) -> Self {
+        Self {
+            attempt: self.attempt.saturating_add(1),
+            first_seen_at: Some(self.first_seen_at.unwrap_or(now)),
+            ..self.clone()
+        }
+    }
+}
+
+/// serde reports our `ExportId` refusal as a custom data error; keep its wording.
+fn data_error(e: serde_json::Error) -> EventError {
+    let text = e.to_string();
+    if text.starts_with("invalid export ID") {
+        EventError::InvalidExportId(text)
+    } else {
+        EventError::Malformed(text)
+    }
+}
+
+/// The three ways the function is invoked.
+#[derive(Debug)]
+pub enum Invocation {
+    /// The main path: a batch of records from the relay's queue.
+    Sqs(SqsEvent),
+    /// An EventBridge rule or Scheduler input naming exports to check once.
+    Schedule(Vec<String>),
+    /// An operator or script asking for one export, and for the outcome in the response.
+    Direct(ExportRequest),
+}
+
+impl Invocation {
+    pub fn classify(event: Value) -> Result<Self, EventError> {
+        let Value::Object(mut fields) = event else {
+            return Err(EventError::Unrecognised);
+        };
+        if fields.contains_key("Records") {
+            return serde_json::from_value(Value::Object(fields))
+                .map(Invocation::Sqs)
+                .map_err(|e| EventError::Malformed(format!("not an SQS event ({e})")));
+        }
+        if fields.get("detail-type").and_then(Value::as_str) == Some("Scheduled Event") {
+            let detail = fields.remove("detail").unwrap_or(Value::Null);
+            return schedule(detail);
+        }
+        if fields.contains_key("export_ids") {
+            return schedule(Value::Object(fields));
+        }
+        if fields.contains_key("export_id") {
+            return serde_json::from_value(Value::Object(fields))
+                .map(Invocation::Direct)
+                .map_err(data_error);
+        }
+        Err(EventError::Unrecognised)
+    }
+}
+
+fn schedule(input: Value) -> Result<Invocation, EventError> {
+    #[derive(Deserialize)]
+    struct ScheduleInput {
+        export_ids: Vec<String>,
+    }
+    serde_json::from_value::<ScheduleInput>(input)
+        .map(|s| Invocation::Schedule(s.export_ids))
+        .map_err(|e| {
+            EventError::Malformed(format!("schedule input needs \"export_ids\": [..] ({e})"))
+        })
+}
+
+/// Keeps log lines readable when someone sends a megabyte where an ID should be.
+fn shorten(raw: &str) -> String {
+    const KEEP: usize = 80;
+    match raw.char_indices().nth(KEEP) {
+        Some((cut, _)) => format!("{}...", &raw[..cut]),
+        None => raw.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const ID: &str = "a1b2c3d4-e5f6-7890-abcd-ef1234567890";
+
+    #[test]
+    fn a_bare_id_is_a_request_at_its_first_attempt() {
+        let request = ExportRequest::from_body(&format!(" {ID}\n")).unwrap();
+        assert_eq!(request.export_id.as_str(), ID);
+        assert_eq!(request.attempt, 1);
+        assert_eq!(request.metadata, None);
+        assert_eq!(request.first_seen_at, None);
+    }
+
+    #[test]
+    fn json_bodies_carry_metadata_and_poll_state() {
+        let body = json!({"export_id": ID, "metadata": {"crm": "hubspot", "n": 3}, "attempt": 4,
+                          "first_seen_at": "2026-02-17T15:30:00Z"})
+        .to_string();
+        let request = ExportRequest::from_body(&body).unwrap();
+        assert_eq!(request.metadata.unwrap()["crm"], "hubspot");
+        assert_eq!(request.attempt, 4);
+        assert_eq!(
+            request.first_seen_at.unwrap().to_rfc3339(),
+            "2026-02-17T15:30:00+00:00"
+        );
+    }
+
+    #[test]
+    fn bad_bodies_say_what_is_wrong() {
+        let cases = [
+            ("{not json", "malformed"),
+            ("{\"metadata\": {}}", "malformed"),
+            ("{\"export_id\": 7}", "malformed"),
+            ("{\"export_id\": \"x\", \"metadata\": [1]}", "malformed"),
+            ("{\"export_id\": \"../../etc\"}", "invalid export ID"),
+            ("../../etc/passwd", "invalid export ID"),
+            ("", "invalid export ID"),
+            ("a b", "invalid export ID"),
+        ];
+        for (body, expected) in cases {
+            let err = ExportRequest::from_body(body).unwrap_err();
+            assert!(err.to_string().starts_with(expected), "{body:?} gave {err}");
+        }
+    }
+
+    #[test]
+    fn ids_are_limited_to_64_safe_characters() {
+        assert!(ExportId::parse(&"a".repeat(64)).is_ok());
+        assert!(ExportId::parse(&"a".repeat(65)).is_err());
+        assert!(ExportId::parse("abc%2F..").is_err());
+        let long = ExportId::parse(&"é".repeat(500)).unwrap_err().to_string();
+        assert!(long.len() < 400, "errors stay short: {long}");
+    }
+
+    #[test]
+    fn next_poll_counts_attempts_and_keeps_the_first_sighting() {
+        let now = Utc::now();
+        let first = ExportRequest::new(ExportId::parse(ID).unwrap());
+        let second = first.next_poll(now);
+        assert_eq!((second.attempt, second.first_seen_at), (2, Some(now)));
+        let third = second.next_poll(now + chrono::Duration::minutes(5));
+        assert_eq!((third.attempt, third.first_seen_at), (3, Some(now)));
+    }
+
+    #[test]
+    fn events_are_classified_by_shape() {
+        let sqs = json!({"Records": [{"messageId": "m1", "body": ID, "eventSource": "aws:sqs"}]});
+        assert!(
+            matches!(Invocation::classify(sqs).unwrap(), Invocation::Sqs(e) if e.records.len() == 1)
+        );
+
+        let rule = json!({"detail-type": "Scheduled Event", "source": "aws.events", "detail": {"export_ids": [ID]}});
+        assert!(
+            matches!(Invocation::classify(rule).unwrap(), Invocation::Schedule(ids) if ids == [ID])
+        );
+
+        let scheduler = json!({"export_ids": [ID, "bad id"]});
+        assert!(
+            matches!(Invocation::classify(scheduler).unwrap(), Invocation::Schedule(ids) if ids.len() == 2)
+        );
+
+        let direct = json!({"export_id": ID, "metadata": {"k": "v"}});
+        assert!(
+            matches!(Invocation::classify(direct).unwrap(), Invocation::Direct(r) if r.metadata.is_some())
+        );
+
+        assert_eq!(
+            Invocation::classify(json!({"hello": 1})).unwrap_err(),
+            EventError::Unrecognised
+        );
+        assert_eq!(
+            Invocation::classify(json!([1, 2])).unwrap_err(),
+            EventError::Unrecognised
+        );
+    }
+}

@@ -1,0 +1,494 @@
+//! The relay itself: what happens to one export, from the API's answer to the webhook, and how
+//! the three kinds of invocation feed it.
+
+use std::collections::HashSet;
+
+use aws_lambda_events::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
+use chrono::Utc;
+use futures::{StreamExt, stream};
+use serde::Serialize;
+use serde_json::{Value, json};
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::config::PollPolicy;
+use crate::deadletter::DeadLetters;
+use crate::dealmachine::{ApiError, DealMachineClient, Export, ExportStatus};
+use crate::events::{EventError, ExportId, ExportRequest, Invocation};
+use crate::notify::{
+    Delivery, ErrorInfo, Event, EventData, EventType, FileRef, Notifier, NotifyError,
+};
+use crate::requeue::{self, EnqueueError, Requeuer};
+use crate::transfer::{self, Destination, Transfer, TransferError};
+
+/// Exports a schedule checks at once; each may copy files, so keep it modest.
+const SCHEDULE_CONCURRENCY: usize = 4;
+
+/// How one export ended, for this invocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Completed,
+    Requeued,
+    Failed,
+    Expired,
+    TimedOut,
+}
+
+/// The result of relaying one export; also the response to a direct invoke.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub export_id: String,
+    pub outcome: Outcome,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub files: Option<Vec<FileRef>>,
+    /// For `requeued`: the next poll's number and delay.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_attempt: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delay_seconds: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorInfo>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error(transparent)]
+    Event(#[from] EventError),
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    #[error(transparent)]
+    Transfer(#[from] TransferError),
+    #[error(transparent)]
+    Notify(#[from] NotifyError),
+    #[error(transparent)]
+    Enqueue(#[from] EnqueueError),
+    #[error("two files of the export map to the same key {0}; the API's file names must be unique")]
+    DuplicateKey(String),
+}
+
+impl RelayError {
+    /// True when the record can never succeed, so retrying it only wastes the queue's time.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            Self::Event(_) => true,
+            Self::Api(e) => e.is_permanent(),
+            _ => false,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Event(EventError::InvalidExportId(_)) => "invalid_export_id",
+            Self::Event(_) => "malformed_message",
+            Self::Api(e) => e.code(),
+            Self::Transfer(e) => e.code(),
+            Self::Notify(_) => "webhook_failed",
+            Self::Enqueue(_) => "enqueue_failed",
+            Self::DuplicateKey(_) => "duplicate_file_name",
+        }
+    }
+
+    fn info(&self) -> ErrorInfo {
+        ErrorInfo {
+            code: self.code().into(),
+            message: self.to_string(),
+        }
+    }
+}
+
+pub struct Relay {
+    pub(crate) api: DealMachineClient,
+    pub(crate) transfer: Transfer,
+    pub(crate) notifier: Option<Notifier>,
+    pub(crate) requeuer: Requeuer,
+    pub(crate) dead_letters: Option<DeadLetters>,
+    pub(crate) prefix: String,
+    pub(crate) poll: PollPolicy,
+}
+
+impl Relay {
+    /// The Lambda entry point: any of the three event kinds in, the matching response out.
+    pub async fn handle(&self, event: Value) -> Result<Value, RelayError> {
+        match Invocation::classify(event)? {
+            Invocation::Sqs(batch) => Ok(to_json(self.handle_batch(batch).await)),
+            Invocation::Schedule(ids) => Ok(to_json(self.handle_schedule(ids).await?)),
+            Invocation::Direct(request) => {
+                let span =
+                    info_span!("export", export_id = %request.export_id, attempt = request.attempt);
+                Ok(to_json(self.handle_direct(request).instrument(span).await?))
+            }
+        }
+    }
+
+    /// Relays one export as far as it can go now. This is the whole flow, top to bottom.
+    pub async fn relay(&self, request: &ExportRequest) -> Result<Report, RelayError> {
+        let fetched = match self.api.get_export(&request.export_id).await {
+            Ok(fetched) => fetched,
+            Err(ApiError::RateLimited { retry_after, .. }) => {
+                return self.poll_later(request, retry_after).await;
+            }
+            Err(e) if e.is_unreadable_export() => {
+                let error = RelayError::from(e);
+                self.announce(EventType::Failed, request, None, None, Some(error.info()))
+                    .await?;
+                return Err(error);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let export = fetched.export;
+        info!(status = ?export.status, progress = export.progress, stage = export.progress_stage.as_deref(), "status fetched");
+        match export.status {
+            ExportStatus::Pending | ExportStatus::Processing if self.polled_too_long(request) => {
+                let error = ErrorInfo {
+                    code: "poll_timeout".into(),
+                    message: format!(
+                        "still {:?} after {} s of polling",
+                        export.status,
+                        self.poll.timeout.as_secs()
+                    ),
+                };
+                self.announce(
+                    EventType::TimedOut,
+                    request,
+                    Some(&export),
+                    None,
+                    Some(error),
+                )
+                .await
+            }
+            ExportStatus::Pending | ExportStatus::Processing => {
+                self.poll_later(request, fetched.throttled_for).await
+            }
+            ExportStatus::Failed => {
+                let error = ErrorInfo {
+                    code: "export_failed".into(),
+                    message: format!(
+                        "DealMachine reports the export failed (stage: {})",
+                        export.progress_stage.as_deref().unwrap_or("unknown")
+                    ),
+                };
+                self.announce(EventType::Failed, request, Some(&export), None, Some(error))
+                    .await
+            }
+            ExportStatus::Completed if export.is_expired(Utc::now()) => {
+                let error = ErrorInfo {
+                    code: "export_expired".into(),
+                    message: "the export's download links are gone; run the export again".into(),
+                };
+                self.announce(
+                    EventType::Expired,
+                    request,
+                    Some(&export),
+                    None,
+                    Some(error),
+                )
+                .await
+            }
+            ExportStatus::Completed => match self.copy_files(&export).await {
+                Ok(files) => {
+                    self.announce(
+                        EventType::Completed,
+                        request,
+                        Some(&export),
+                        Some(files),
+                        None,
+                    )
+                    .await
+                }
+                Err(e @ RelayError::Transfer(TransferError::SourceGone(_))) => {
+                    self.announce(
+                        EventType::Expired,
+                        request,
+                        Some(&export),
+                        None,
+                        Some(e.info()),
+                    )
+                    .await
+                }
+                Err(e) if is_bad_export(&e) => {
+                    self.announce(
+                        EventType::Failed,
+                        request,
+                        Some(&export),
+                        None,
+                        Some(e.info()),
+                    )
+                    .await
+                }
+                Err(e) => Err(e),
+            },
+        }
+    }
+
+    fn polled_too_long(&self, request: &ExportRequest) -> bool {
+        let first_seen = request.first_seen_at.unwrap_or_else(Utc::now);
+        (Utc::now() - first_seen).to_std().unwrap_or_default() >= self.poll.timeout
+    }
+
+    /// Re-enqueues a running export. Only once the message is on the queue is the current
+    /// record done, so a failed send leaves the poll to SQS's redelivery.
+    async fn poll_later(
+        &self,
+        request: &ExportRequest,
+        throttled_for: Option<std::time::Duration>,
+    ) -> Result<Report, RelayError> {
+        let delay = requeue::poll_delay(&self.poll, request.attempt, throttled_for);
+        let next = request.next_poll(Utc::now());
+        self.requeuer.enqueue(&next, delay).await?;
+        info!(
+            next_attempt = next.attempt,
+            delay_seconds = delay.as_secs(),
+            "requeued"
+        );
+        Ok(Report {
+            next_attempt: Some(next.attempt),
+            delay_seconds: Some(delay.as_secs()),
+            ..Report::new(request, Outcome::Requeued)
+        })
+    }
+
+    /// Copies every file of a completed export, one after another.
+    async fn copy_files(&self, export: &Export) -> Result<Vec<FileRef>, RelayError> {
+        let files = export.download_urls.as_deref().unwrap_or_default();
+        let mut keys = HashSet::new();
+        let mut copied = Vec::with_capacity(files.len());
+        for file in files {
+            let key = transfer::object_key(&self.prefix, &export.export_id, &file.filename)?;
+            if !keys.insert(key.clone()) {
+                return Err(RelayError::DuplicateKey(key));
+            }
+            let destination = Destination {
+                content_type: transfer::content_type(&file.filename),
+                metadata: [
+                    ("export-id".to_string(), export.export_id.clone()),
+                    ("source-size".to_string(), file.size.to_string()),
+                ]
+                .into(),
+                key,
+            };
+            let done = self
+                .transfer
+                .copy(&file.url, file.size, &destination)
+                .await?;
+            let seconds = done.elapsed.as_secs_f64();
+            info!(
+                key = %done.key, bytes = done.size, parts = done.parts, seconds,
+                mib_per_s = done.size as f64 / 1_048_576.0 / seconds.max(1e-6),
+                "file copied"
+            );
+            copied.push(FileRef {
+                filename: file.filename.clone(),
+                bucket: self.transfer.bucket().to_string(),
+                key: done.key,
+                size: done.size,
+            });
+        }
+        Ok(copied)
+    }
+
+    /// Tells downstream how the export ended, and reports it.
+    async fn announce(
+        &self,
+        kind: EventType,
+        request: &ExportRequest,
+        export: Option<&Export>,
+        files: Option<Vec<FileRef>>,
+        error: Option<ErrorInfo>,
+    ) -> Result<Report, RelayError> {
+        let outcome = match kind {
+            EventType::Completed => Outcome::Completed,
+            EventType::Failed => Outcome::Failed,
+            EventType::Expired => Outcome::Expired,
+            EventType::TimedOut => Outcome::TimedOut,
+        };
+        let event = Event::new(
+            kind,
+            event_data(request, export, files.clone(), error.clone()),
+        );
+        match &self.notifier {
+            Some(notifier) => match notifier.send(&event).await? {
+                Delivery::Delivered { tries } => {
+                    info!(event = kind.as_str(), webhook_id = %event.webhook_id(), tries, "webhook delivered")
+                }
+                Delivery::Gone => warn!(event = kind.as_str(), "webhook dropped: endpoint gone"),
+            },
+            None => info!(
+                event = kind.as_str(),
+                "no WEBHOOK_URL set; nothing to notify"
+            ),
+        }
+        match &error {
+            Some(e) => {
+                warn!(outcome = ?outcome, code = %e.code, reason = %e.message, "export finished without files")
+            }
+            None => info!(outcome = ?outcome, "export relayed"),
+        }
+        Ok(Report {
+            files,
+            error,
+            ..Report::new(request, outcome)
+        })
+    }
+
+    /// Runs a batch's records at once; the response names only those worth retrying.
+    pub async fn handle_batch(&self, batch: SqsEvent) -> SqsBatchResponse {
+        let results = futures::future::join_all(batch.records.into_iter().map(|record| {
+            let span = info_span!(
+                "export",
+                message_id = record.message_id.as_deref().unwrap_or_default(),
+                export_id = tracing::field::Empty,
+                attempt = tracing::field::Empty,
+            );
+            let message_id = record.message_id.clone().unwrap_or_default();
+            async move { (message_id, self.handle_record(record).await) }.instrument(span)
+        }))
+        .await;
+        let mut response = SqsBatchResponse::default();
+        for (message_id, ok) in results {
+            if !ok {
+                response.add_failure(message_id);
+            }
+        }
+        response
+    }
+
+    /// True when the record is done with: relayed, or set aside as one that can never succeed.
+    async fn handle_record(&self, record: SqsMessage) -> bool {
+        let body = record.body.as_deref().unwrap_or_default();
+        let result = match ExportRequest::from_body(body) {
+            Ok(request) => {
+                let span = tracing::Span::current();
+                span.record("export_id", request.export_id.as_str());
+                span.record("attempt", request.attempt);
+                self.relay(&request).await
+            }
+            Err(e) => Err(e.into()),
+        };
+        match result {
+            Ok(_) => true,
+            Err(e) if e.is_permanent() => self.set_aside(&record, &e).await,
+            Err(e) => {
+                warn!(code = e.code(), error = %e, "record failed; SQS will deliver it again");
+                false
+            }
+        }
+    }
+
+    /// A record that can never succeed goes to the dead-letter queue with the reason, so it
+    /// neither blocks the queue nor vanishes.
+    async fn set_aside(&self, record: &SqsMessage, error: &RelayError) -> bool {
+        let Some(dead_letters) = &self.dead_letters else {
+            tracing::error!(code = error.code(), error = %error, "record can never succeed; dropped (no DEAD_LETTER_QUEUE_URL set)");
+            return true;
+        };
+        match dead_letters
+            .send(record, error.code(), &error.to_string())
+            .await
+        {
+            Ok(()) => {
+                tracing::error!(code = error.code(), error = %error, "record can never succeed; sent to the dead-letter queue");
+                true
+            }
+            Err(e) => {
+                tracing::error!(code = error.code(), error = %error, dlq_error = %e, "record can never succeed, and the dead-letter queue refused it; SQS will redrive it");
+                false
+            }
+        }
+    }
+
+    /// Checks each export a schedule names once. Running ones go on the queue; ones that fail
+    /// for a passing reason go on it too, so that SQS retries them and none is lost.
+    pub async fn handle_schedule(&self, ids: Vec<String>) -> Result<Value, RelayError> {
+        let results: Vec<Value> = stream::iter(ids)
+            .map(|id| async move {
+                let request = match ExportId::parse(&id) {
+                    Ok(export_id) => ExportRequest::new(export_id),
+                    Err(e) => return Ok(json!({"export_id": id, "error": RelayError::from(e).info()})),
+                };
+                let span = info_span!("export", export_id = %request.export_id, attempt = request.attempt);
+                match self.relay(&request).instrument(span).await {
+                    Ok(report) => Ok(to_json(report)),
+                    Err(e) if e.is_permanent() => Ok(json!({"export_id": id, "error": e.info()})),
+                    Err(e) => {
+                        warn!(export_id = %id, error = %e, "check failed; handing the export to the queue");
+                        self.requeuer.enqueue(&request, std::time::Duration::ZERO).await?;
+                        Ok(json!({"export_id": id, "outcome": "enqueued", "error": e.info()}))
+                    }
+                }
+            })
+            .buffered(SCHEDULE_CONCURRENCY)
+            .collect::<Vec<Result<Value, RelayError>>>()
+            .await
+            .into_iter()
+            .collect::<Result<_, _>>()?;
+        info!(checked = results.len(), "schedule handled");
+        Ok(json!({ "checked": results.len(), "results": results }))
+    }
+
+    /// For operators: the outcome, or the permanent error as a `failed` outcome.
+    async fn handle_direct(&self, request: ExportRequest) -> Result<Report, RelayError> {
+        match self.relay(&request).await {
+            Err(e) if e.is_permanent() => Ok(Report {
+                error: Some(e.info()),
+                ..Report::new(&request, Outcome::Failed)
+            }),
+            other => other,
+        }
+    }
+}
+
+impl Report {
+    fn new(request: &ExportRequest, outcome: Outcome) -> Self {
+        Self {
+            export_id: request.export_id.to_string(),
+            outcome,
+            files: None,
+            next_attempt: None,
+            delay_seconds: None,
+            error: None,
+        }
+    }
+}
+
+/// A bad URL, name or file list in the export itself: retrying cannot fix it.
+fn is_bad_export(error: &RelayError) -> bool {
+    match error {
+        RelayError::Transfer(e) => e.is_permanent(),
+        RelayError::DuplicateKey(_) => true,
+        _ => false,
+    }
+}
+
+fn event_data(
+    request: &ExportRequest,
+    export: Option<&Export>,
+    files: Option<Vec<FileRef>>,
+    error: Option<ErrorInfo>,
+) -> EventData {
+    EventData {
+        export_id: request.export_id.to_string(),
+        name: export.and_then(|e| e.name.clone()),
+        status: export.map(|e| to_json(e.status).as_str().unwrap_or_default().to_string()),
+        record_count: export.and_then(|e| e.record_count),
+        file_size: export.and_then(|e| e.file_size),
+        created_at: export.and_then(|e| e.created_at),
+        expires_at: export.and_then(|e| e.expires_at),
+        metadata: request.metadata.clone().unwrap_or_default(),
+        files,
+        error,
+    }
+}
+
+fn to_json(value: impl Serialize) -> Value {
+    serde_json::to_value(value).expect("responses always serialize")
+}
+
+/// What Lambda reports for a failed invocation: the error code as its type, and the message.
+impl From<RelayError> for lambda_runtime::Diagnostic {
+    fn from(error: RelayError) -> Self {
+        Self {
+            error_type: error.code().into(),
+            error_message: error.to_string(),
+        }
+    }
+}

@@ -1,0 +1,61 @@
+//! Builds the relay from its settings: the HTTP and AWS clients, created once per cold start.
+
+use aws_config::{BehaviorVersion, SdkConfig};
+
+use crate::config::Config;
+use crate::deadletter::DeadLetters;
+use crate::dealmachine::DealMachineClient;
+use crate::handler::Relay;
+use crate::notify::Notifier;
+use crate::requeue::Requeuer;
+use crate::transfer::{Transfer, UrlPolicy};
+
+#[derive(Debug, thiserror::Error)]
+#[error("could not set up the HTTP client: {0}")]
+pub struct StartupError(#[from] reqwest::Error);
+
+/// AWS settings from the standard chain; `AWS_ENDPOINT_URL` points it at moto or LocalStack.
+pub async fn aws_config() -> SdkConfig {
+    aws_config::defaults(BehaviorVersion::latest()).load().await
+}
+
+pub fn build_relay(config: &Config, aws: &SdkConfig) -> Result<Relay, StartupError> {
+    let s3_config = aws_sdk_s3::config::Builder::from(aws)
+        .force_path_style(config.s3_force_path_style)
+        .build();
+    let s3 = aws_sdk_s3::Client::from_conf(s3_config);
+    let sqs = aws_sdk_sqs::Client::new(aws);
+    let api_http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .timeout(std::time::Duration::from_secs(30))
+        .user_agent(crate::USER_AGENT)
+        .build()?;
+    let policy = UrlPolicy {
+        hosts: config.download_hosts.clone(),
+        allow_insecure_http: config.allow_insecure_http,
+    };
+    Ok(Relay {
+        api: DealMachineClient::new(
+            api_http,
+            config.api_url.clone(),
+            config.api_key.clone(),
+            config.api_retry,
+        ),
+        transfer: Transfer::new(
+            s3,
+            config.bucket.clone(),
+            policy,
+            config.part_size,
+            config.parts_in_flight,
+        )?,
+        notifier: config.webhook.as_ref().map(Notifier::new).transpose()?,
+        requeuer: Requeuer::new(sqs.clone(), config.queue_url.clone()),
+        dead_letters: config
+            .dead_letter_queue_url
+            .clone()
+            .map(|url| DeadLetters::new(sqs, url)),
+        prefix: config.prefix.clone(),
+        poll: config.poll,
+    })
+}
