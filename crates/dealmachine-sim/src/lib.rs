@@ -1,1 +1,13 @@
+//! A local stand-in for the DealMachine exports API, its signed file host, and a webhook
+//! receiver: what export-relay's tests and `make demo` run against, since every real API key
+//! is live.
 
+pub mod api;
+pub mod content;
+pub mod receiver;
+
+pub use api::{
+    ApiFault, DownloadFault, ExportSpec, FileSpec, Lifecycle, SimOptions, Simulator, Status,
+};
+pub use content::CsvGz;
+pub use receiver::{Received, Receiver};

@@ -1,0 +1,771 @@
+//! The DealMachine exports API and its file host, on one local port.
+//!
+//! Exports move through `pending`, `processing` and `completed` over time, or follow a script
+//! of statuses, one per `GET`. Download URLs are signed and expire. Fault switches make the API
+//! and the downloads misbehave the ways the real ones can.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::{DateTime, SecondsFormat, Utc};
+use futures::StreamExt;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::content::{CsvGz, Measured};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Pending,
+    Processing,
+    Completed,
+    Failed,
+}
+
+impl Status {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Processing => "processing",
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+/// How a download misbehaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DownloadFault {
+    /// Close the connection after this many bytes.
+    CloseAfter(u64),
+    /// Send this many bytes more than the announced size.
+    ExtraBytes(u64),
+    /// Pause this long between chunks.
+    Slow(Duration),
+    /// Send this many bytes, then nothing, without closing.
+    StallAfter(u64),
+    /// Answer with this status instead of the file.
+    Status(u16),
+}
+
+/// One API answer to give instead of the real one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiFault {
+    /// `429` with this `Retry-After`, in seconds.
+    RateLimited(u64),
+    /// A `500` in DealMachine's error shape.
+    ServerError,
+}
+
+#[derive(Debug, Clone)]
+pub struct FileSpec {
+    pub filename: String,
+    pub content: CsvGz,
+    pub fault: Option<DownloadFault>,
+}
+
+impl FileSpec {
+    pub fn csv(filename: &str, seed: u64, rows: u64) -> Self {
+        Self {
+            filename: filename.into(),
+            content: CsvGz {
+                seed,
+                rows,
+                level: 1,
+            },
+            fault: None,
+        }
+    }
+}
+
+/// How an export's status changes.
+#[derive(Debug, Clone)]
+pub enum Lifecycle {
+    /// Each `GET` takes the next status; the last one stays.
+    Scripted(VecDeque<Status>),
+    /// Pending, then processing, then completed, by the clock.
+    Timed {
+        pending: Duration,
+        processing: Duration,
+    },
+    /// Timed, then failed instead of completed.
+    TimedFailure {
+        pending: Duration,
+        processing: Duration,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct ExportSpec {
+    pub export_id: Option<String>,
+    pub name: String,
+    pub lifecycle: Lifecycle,
+    pub files: Vec<FileSpec>,
+    /// Download links (and the export) expire this long after creation.
+    pub expires_in: chrono::Duration,
+    /// Overrides the real row count, to simulate an API that miscounts.
+    pub record_count: Option<u64>,
+    pub created_at: Option<DateTime<Utc>>,
+}
+
+impl ExportSpec {
+    pub fn scripted(statuses: &[Status], files: Vec<FileSpec>) -> Self {
+        Self {
+            export_id: None,
+            name: "properties_export".into(),
+            lifecycle: Lifecycle::Scripted(statuses.iter().copied().collect()),
+            files,
+            expires_in: chrono::Duration::days(7),
+            record_count: None,
+            created_at: None,
+        }
+    }
+
+    pub fn completed(files: Vec<FileSpec>) -> Self {
+        Self::scripted(&[Status::Completed], files)
+    }
+}
+
+struct SimFile {
+    spec: FileSpec,
+    measured: Measured,
+}
+
+struct SimExport {
+    id: String,
+    spec: ExportSpec,
+    files: Vec<SimFile>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    current: Status,
+}
+
+impl SimExport {
+    /// Advances the lifecycle by one `GET`, or by the clock.
+    fn advance(&mut self, now: DateTime<Utc>) {
+        let before = self.current;
+        self.current = match &mut self.spec.lifecycle {
+            Lifecycle::Scripted(script) => {
+                if script.len() > 1 {
+                    script.pop_front().expect("not empty")
+                } else {
+                    script.front().copied().unwrap_or(Status::Completed)
+                }
+            }
+            Lifecycle::Timed {
+                pending,
+                processing,
+            } => timed(
+                now - self.created_at,
+                *pending,
+                *processing,
+                Status::Completed,
+            ),
+            Lifecycle::TimedFailure {
+                pending,
+                processing,
+            } => timed(now - self.created_at, *pending, *processing, Status::Failed),
+        };
+        if before != self.current {
+            self.updated_at = now;
+        }
+    }
+
+    fn progress(&self, now: DateTime<Utc>) -> (u32, &'static str) {
+        match (self.current, &self.spec.lifecycle) {
+            (Status::Pending, _) => (0, "Queued"),
+            (
+                Status::Processing,
+                Lifecycle::Timed {
+                    pending,
+                    processing,
+                }
+                | Lifecycle::TimedFailure {
+                    pending,
+                    processing,
+                },
+            ) => {
+                let into = (now - self.created_at)
+                    .to_std()
+                    .unwrap_or_default()
+                    .saturating_sub(*pending);
+                let pct = (into.as_secs_f64() / processing.as_secs_f64().max(0.001) * 100.0)
+                    .clamp(1.0, 99.0) as u32;
+                (
+                    pct,
+                    if pct < 50 {
+                        "Gathering records"
+                    } else {
+                        "Writing files"
+                    },
+                )
+            }
+            (Status::Processing, _) => (50, "Gathering records"),
+            (Status::Completed, _) => (100, "Complete"),
+            (Status::Failed, _) => (0, "Failed"),
+        }
+    }
+
+    fn to_json(&self, base: &str, key: &str, now: DateTime<Utc>) -> Value {
+        let (progress, stage) = self.progress(now);
+        let expires_at = self.created_at + self.spec.expires_in;
+        let completed = self.current == Status::Completed;
+        let live = completed && expires_at > now;
+        let rows: u64 = self.files.iter().map(|f| f.spec.content.rows).sum();
+        let size: u64 = self.files.iter().map(|f| f.measured.size).sum();
+        let urls: Option<Vec<Value>> = live.then(|| {
+            self.files
+                .iter()
+                .enumerate()
+                .map(|(i, f)| {
+                    let path = format!("/files/{}/{i}", self.id);
+                    let expires = expires_at.timestamp();
+                    json!({
+                        "filename": f.spec.filename,
+                        "url": format!("{base}{path}?expires={expires}&signature={}", signature(key, &path, expires)),
+                        "size": f.measured.size,
+                    })
+                })
+                .collect()
+        });
+        json!({
+            "export_id": self.id,
+            "status": self.current.as_str(),
+            "name": self.spec.name,
+            "progress": progress,
+            "progress_stage": stage,
+            "record_count": completed.then(|| self.spec.record_count.unwrap_or(rows)),
+            "file_size": completed.then_some(size),
+            "download_urls": urls,
+            "created_at": rfc3339(self.created_at),
+            "updated_at": rfc3339(self.updated_at),
+            "expires_at": rfc3339(expires_at),
+        })
+    }
+}
+
+fn timed(age: chrono::Duration, pending: Duration, processing: Duration, end: Status) -> Status {
+    let age = age.to_std().unwrap_or_default();
+    if age < pending {
+        Status::Pending
+    } else if age < pending + processing {
+        Status::Processing
+    } else {
+        end
+    }
+}
+
+fn rfc3339(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+fn signature(key: &str, path: &str, expires: i64) -> String {
+    format!("{:x}", Sha256::digest(format!("{key}\n{path}\n{expires}")))
+}
+
+/// Settings for a simulator.
+#[derive(Debug, Clone)]
+pub struct SimOptions {
+    /// The only key accepted in `Authorization: Bearer`.
+    pub api_key: String,
+    /// Requests allowed per minute before 429s; `None` for no limit.
+    pub per_minute_limit: Option<u32>,
+    /// The `X-RateLimit-Remaining` to report, for tests of budget-aware callers.
+    pub reported_remaining: Option<u32>,
+    /// A share of API requests, 0.0 to 1.0, answered with a 500.
+    pub error_rate: f64,
+    /// Used for timed exports created by `POST`.
+    pub pending_for: Duration,
+    pub processing_for: Duration,
+    pub rows_per_file: u64,
+    pub files_per_export: usize,
+}
+
+impl Default for SimOptions {
+    fn default() -> Self {
+        Self {
+            api_key: "dm_sk_live_simulator".into(),
+            per_minute_limit: None,
+            reported_remaining: None,
+            error_rate: 0.0,
+            pending_for: Duration::from_secs(2),
+            processing_for: Duration::from_secs(6),
+            rows_per_file: 5000,
+            files_per_export: 2,
+        }
+    }
+}
+
+/// One request the API saw, for assertions.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub at: std::time::Instant,
+    pub method: String,
+    pub path: String,
+    pub status: u16,
+}
+
+#[derive(Default)]
+struct Inner {
+    exports: HashMap<String, SimExport>,
+    order: Vec<String>,
+    faults: VecDeque<ApiFault>,
+    seen: Vec<Seen>,
+    window: (i64, u32),
+    counter: u64,
+}
+
+#[derive(Clone)]
+struct Shared {
+    inner: Arc<Mutex<Inner>>,
+    options: Arc<SimOptions>,
+    base: String,
+}
+
+/// A running simulator. It stops when dropped with the runtime that started it.
+#[derive(Clone)]
+pub struct Simulator {
+    shared: Shared,
+    pub addr: SocketAddr,
+}
+
+impl Simulator {
+    /// Starts on `addr` (port 0 picks a free one).
+    pub async fn start(options: SimOptions, addr: SocketAddr) -> std::io::Result<Self> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let shared = Shared {
+            inner: Arc::default(),
+            options: Arc::new(options),
+            base: format!("http://{addr}"),
+        };
+        let app = Router::new()
+            .route("/v1/exports", get(list_exports))
+            .route("/v1/exports/{id}", get(get_export))
+            .route("/v1/properties/export", post(create_export))
+            .route("/v1/people/export", post(create_export))
+            .route("/files/{id}/{index}", get(download))
+            .with_state(shared.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Ok(Self { shared, addr })
+    }
+
+    /// The API base URL, as `DEALMACHINE_API_URL` takes it.
+    pub fn api_url(&self) -> String {
+        format!("{}/v1", self.shared.base)
+    }
+
+    pub fn api_key(&self) -> &str {
+        &self.shared.options.api_key
+    }
+
+    /// Adds an export and returns its ID.
+    pub fn add_export(&self, spec: ExportSpec) -> String {
+        let mut inner = self.shared.inner.lock().unwrap();
+        inner.counter += 1;
+        let id = spec
+            .export_id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let files = spec
+            .files
+            .iter()
+            .map(|f| SimFile {
+                spec: f.clone(),
+                measured: f.content.measure(),
+            })
+            .collect();
+        let created_at = spec.created_at.unwrap_or_else(Utc::now);
+        let first = match &spec.lifecycle {
+            Lifecycle::Scripted(s) => s.front().copied().unwrap_or(Status::Completed),
+            _ => Status::Pending,
+        };
+        inner.order.push(id.clone());
+        inner.exports.insert(
+            id.clone(),
+            SimExport {
+                id: id.clone(),
+                spec,
+                files,
+                created_at,
+                updated_at: created_at,
+                current: first,
+            },
+        );
+        id
+    }
+
+    /// Size and SHA-256 of each of an export's files, in order.
+    pub fn files(&self, export_id: &str) -> Vec<(String, Measured)> {
+        let inner = self.shared.inner.lock().unwrap();
+        inner.exports[export_id]
+            .files
+            .iter()
+            .map(|f| (f.spec.filename.clone(), f.measured.clone()))
+            .collect()
+    }
+
+    /// Queues API answers to give before the real ones.
+    pub fn push_faults(&self, faults: &[ApiFault]) {
+        self.shared.inner.lock().unwrap().faults.extend(faults);
+    }
+
+    /// Every request seen so far.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.shared.inner.lock().unwrap().seen.clone()
+    }
+
+    /// Requests seen whose path contains `needle`.
+    pub fn seen_matching(&self, needle: &str) -> Vec<Seen> {
+        self.seen()
+            .into_iter()
+            .filter(|s| s.path.contains(needle))
+            .collect()
+    }
+}
+
+impl Shared {
+    fn record(&self, method: &str, path: String, status: StatusCode) {
+        let seen = Seen {
+            at: std::time::Instant::now(),
+            method: method.into(),
+            path,
+            status: status.as_u16(),
+        };
+        self.inner.lock().unwrap().seen.push(seen);
+    }
+
+    /// Checks the key, the rate limit and queued faults; `Err` is the answer to give instead.
+    fn gate(&self, headers: &HeaderMap, path: &str, method: &str) -> Result<HeaderMap, Response> {
+        let mut inner = self.inner.lock().unwrap();
+        let now = Utc::now().timestamp();
+        let minute = now / 60;
+        if inner.window.0 != minute {
+            inner.window = (minute, 0);
+        }
+        inner.window.1 += 1;
+        let used = inner.window.1;
+        let limit = self.options.per_minute_limit.unwrap_or(60);
+        let remaining = self
+            .options
+            .reported_remaining
+            .unwrap_or(limit.saturating_sub(used));
+        let reset = (minute + 1) * 60;
+        let mut rate = HeaderMap::new();
+        for (name, value) in [
+            ("x-ratelimit-limit", limit.to_string()),
+            ("x-ratelimit-remaining", remaining.to_string()),
+            ("x-ratelimit-reset", reset.to_string()),
+            ("x-ratelimit-limit-day", "5000".to_string()),
+            (
+                "x-ratelimit-remaining-day",
+                5000u64.saturating_sub(inner.seen.len() as u64).to_string(),
+            ),
+            (
+                "x-ratelimit-reset-day",
+                ((now / 86_400 + 1) * 86_400).to_string(),
+            ),
+        ] {
+            rate.insert(name, HeaderValue::from_str(&value).expect("ascii"));
+        }
+        let authorized = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v == format!("Bearer {}", self.options.api_key));
+        let refusal = if !authorized {
+            Some((
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "Invalid or missing API key".to_string(),
+                None,
+            ))
+        } else if let Some(fault) = inner.faults.pop_front() {
+            Some(match fault {
+                ApiFault::RateLimited(after) => (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    "Too many requests".into(),
+                    Some(after),
+                ),
+                ApiFault::ServerError => (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal_error",
+                    "Something went wrong".into(),
+                    None,
+                ),
+            })
+        } else if self.options.per_minute_limit.is_some_and(|l| used > l) {
+            Some((
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "Per-minute limit reached".into(),
+                Some((reset - now).max(1) as u64),
+            ))
+        } else if self.options.error_rate > 0.0
+            && (inner.seen.len() as f64 * 0.618_034).fract() < self.options.error_rate
+        {
+            Some((
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                "Something went wrong".into(),
+                None,
+            ))
+        } else {
+            None
+        };
+        drop(inner);
+        match refusal {
+            None => Ok(rate),
+            Some((status, code, message, retry_after)) => {
+                self.record(method, path.into(), status);
+                let mut response = error(status, code, &message);
+                response.headers_mut().extend(rate);
+                if let Some(after) = retry_after {
+                    response
+                        .headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from(after));
+                }
+                Err(response)
+            }
+        }
+    }
+}
+
+fn error(status: StatusCode, code: &str, message: &str) -> Response {
+    let request_id = format!("req_{}", uuid::Uuid::new_v4().simple());
+    (status, Json(json!({"error": {"code": code, "message": message, "request_id": request_id, "details": {}}}))).into_response()
+}
+
+async fn get_export(
+    State(shared): State<Shared>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let path = format!("/v1/exports/{id}");
+    let rate = match shared.gate(&headers, &path, "GET") {
+        Ok(rate) => rate,
+        Err(refusal) => return refusal,
+    };
+    let now = Utc::now();
+    let body = {
+        let mut inner = shared.inner.lock().unwrap();
+        inner.exports.get_mut(&id).map(|export| {
+            export.advance(now);
+            export.to_json(&shared.base, &shared.options.api_key, now)
+        })
+    };
+    let response = match body {
+        Some(data) => (StatusCode::OK, rate, Json(json!({ "data": data }))).into_response(),
+        None => {
+            let mut r = error(StatusCode::NOT_FOUND, "not_found", "Export not found");
+            r.headers_mut().extend(rate);
+            r
+        }
+    };
+    shared.record("GET", path, response.status());
+    response
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    status: Option<String>,
+    limit: Option<usize>,
+    offset: Option<usize>,
+}
+
+async fn list_exports(
+    State(shared): State<Shared>,
+    Query(q): Query<ListQuery>,
+    headers: HeaderMap,
+) -> Response {
+    let path = "/v1/exports".to_string();
+    let rate = match shared.gate(&headers, &path, "GET") {
+        Ok(rate) => rate,
+        Err(refusal) => return refusal,
+    };
+    let limit = q.limit.unwrap_or(20);
+    if !(1..=100).contains(&limit) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_parameter",
+            "limit must be between 1 and 100",
+        );
+    }
+    let offset = q.offset.unwrap_or(0);
+    let now = Utc::now();
+    let (page, total) = {
+        let mut inner = shared.inner.lock().unwrap();
+        let ids: Vec<String> = inner.order.iter().rev().cloned().collect();
+        let mut matching = Vec::new();
+        for id in ids {
+            let export = inner.exports.get_mut(&id).expect("listed exports exist");
+            if let Lifecycle::Timed { .. } | Lifecycle::TimedFailure { .. } = export.spec.lifecycle
+            {
+                export.advance(now);
+            }
+            if q.status
+                .as_deref()
+                .is_none_or(|s| s == export.current.as_str())
+            {
+                matching.push(export.to_json(&shared.base, &shared.options.api_key, now));
+            }
+        }
+        let total = matching.len();
+        (
+            matching
+                .into_iter()
+                .skip(offset)
+                .take(limit)
+                .collect::<Vec<_>>(),
+            total,
+        )
+    };
+    shared.record("GET", path, StatusCode::OK);
+    let has_more = offset + page.len() < total;
+    (rate, Json(json!({"data": page, "pagination": {"limit": limit, "offset": offset, "total": total, "has_more": has_more}}))).into_response()
+}
+
+async fn create_export(
+    State(shared): State<Shared>,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
+) -> Response {
+    let path = uri.path().to_string();
+    let rate = match shared.gate(&headers, &path, "POST") {
+        Ok(rate) => rate,
+        Err(refusal) => return refusal,
+    };
+    let options = &shared.options;
+    let name = if path.contains("people") {
+        "people_export"
+    } else {
+        "properties_export"
+    };
+    let seed = shared.inner.lock().unwrap().counter + 1;
+    let date = Utc::now().format("%Y-%m-%d");
+    let files = (0..options.files_per_export)
+        .map(|i| {
+            FileSpec::csv(
+                &format!("{name}_{date}_part{}.csv.gz", i + 1),
+                seed * 100 + i as u64,
+                options.rows_per_file,
+            )
+        })
+        .collect();
+    let spec = ExportSpec {
+        name: name.into(),
+        lifecycle: Lifecycle::Timed {
+            pending: options.pending_for,
+            processing: options.processing_for,
+        },
+        ..ExportSpec::completed(files)
+    };
+    let sim = Simulator {
+        shared: shared.clone(),
+        addr: "0.0.0.0:0".parse().expect("addr"),
+    };
+    let id = sim.add_export(spec);
+    let now = Utc::now();
+    let data =
+        shared.inner.lock().unwrap().exports[&id].to_json(&shared.base, &options.api_key, now);
+    shared.record("POST", path, StatusCode::CREATED);
+    (StatusCode::CREATED, rate, Json(json!({ "data": data }))).into_response()
+}
+
+#[derive(Deserialize)]
+struct Signed {
+    expires: Option<i64>,
+    signature: Option<String>,
+}
+
+async fn download(
+    State(shared): State<Shared>,
+    Path((id, index)): Path<(String, usize)>,
+    Query(q): Query<Signed>,
+) -> Response {
+    let path = format!("/files/{id}/{index}");
+    let now = Utc::now().timestamp();
+    let valid = match (q.expires, q.signature.as_deref()) {
+        (Some(expires), Some(sig)) => {
+            sig == signature(&shared.options.api_key, &path, expires) && expires > now
+        }
+        _ => false,
+    };
+    let file = {
+        let inner = shared.inner.lock().unwrap();
+        inner
+            .exports
+            .get(&id)
+            .and_then(|e| e.files.get(index))
+            .map(|f| (f.spec.clone(), f.measured.clone()))
+    };
+    let response = match file {
+        _ if !valid => (StatusCode::FORBIDDEN, "<Error><Code>AccessDenied</Code><Message>Request has expired or the signature does not match.</Message></Error>").into_response(),
+        None => (StatusCode::NOT_FOUND, "no such file").into_response(),
+        Some((spec, measured)) => serve_file(spec, measured),
+    };
+    shared.record("GET", path, response.status());
+    response
+}
+
+fn serve_file(spec: FileSpec, measured: Measured) -> Response {
+    if let Some(DownloadFault::Status(code)) = spec.fault {
+        return StatusCode::from_u16(code)
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            .into_response();
+    }
+    let extra = match spec.fault {
+        Some(DownloadFault::ExtraBytes(n)) => n,
+        _ => 0,
+    };
+    let fault = spec.fault;
+    let chunks = spec
+        .content
+        .chunks()
+        .chain((extra > 0).then(|| bytes::Bytes::from(vec![b'x'; extra as usize])));
+    let mut sent = 0u64;
+    let stream = futures::stream::iter(chunks).flat_map(move |chunk| {
+        let (before, limit) = (
+            sent,
+            match fault {
+                Some(DownloadFault::CloseAfter(n) | DownloadFault::StallAfter(n)) => n,
+                _ => u64::MAX,
+            },
+        );
+        sent += chunk.len() as u64;
+        let keep = (limit.saturating_sub(before) as usize).min(chunk.len());
+        let mut items: Vec<Result<bytes::Bytes, std::io::Error>> = vec![Ok(chunk.slice(..keep))];
+        if keep < chunk.len() {
+            items.push(Err(std::io::Error::other("simulated connection drop")));
+        }
+        futures::stream::iter(items)
+    });
+    let stream = stream.then(move |item| async move {
+        match (fault, &item) {
+            (Some(DownloadFault::Slow(pause)), _) => tokio::time::sleep(pause).await,
+            (Some(DownloadFault::StallAfter(_)), Err(_)) => std::future::pending::<()>().await,
+            _ => {}
+        }
+        item
+    });
+    let mut response = Body::from_stream(stream).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/gzip"),
+    );
+    headers.insert(
+        header::CONTENT_LENGTH,
+        HeaderValue::from(measured.size + extra),
+    );
+    response
+}

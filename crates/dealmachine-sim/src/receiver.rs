@@ -1,0 +1,121 @@
+//! A webhook receiver that checks each request's Standard Webhooks signature with the
+//! `standardwebhooks` crate, not with the relay's own code, and keeps what it got.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Serialize;
+use serde_json::Value;
+
+/// One request as received.
+#[derive(Debug, Clone, Serialize)]
+pub struct Received {
+    pub webhook_id: String,
+    pub timestamp: String,
+    pub signature: String,
+    pub user_agent: String,
+    pub content_type: String,
+    pub body: Value,
+    pub raw: String,
+    /// True when the signature verified against the receiver's secret.
+    pub verified: bool,
+    /// The status the receiver answered with.
+    pub answered: u16,
+}
+
+#[derive(Default)]
+struct Inner {
+    received: Vec<Received>,
+    /// Statuses to answer with, one per request, before answering 200.
+    script: VecDeque<u16>,
+}
+
+#[derive(Clone)]
+pub struct Receiver {
+    inner: Arc<Mutex<Inner>>,
+    verifier: Arc<standardwebhooks::Webhook>,
+    quiet: bool,
+    pub addr: SocketAddr,
+}
+
+impl Receiver {
+    /// Starts on `addr` (port 0 picks a free one), verifying with the `whsec_` `secret`.
+    pub async fn start(secret: &str, addr: SocketAddr, quiet: bool) -> std::io::Result<Self> {
+        let verifier = standardwebhooks::Webhook::new(secret)
+            .map_err(|e| std::io::Error::other(format!("bad secret: {e:?}")))?;
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let receiver = Self {
+            inner: Arc::default(),
+            verifier: Arc::new(verifier),
+            quiet,
+            addr: listener.local_addr()?,
+        };
+        let app = Router::new()
+            .route("/webhook", post(receive))
+            .route("/received", get(list))
+            .with_state(receiver.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Ok(receiver)
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/webhook", self.addr)
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.inner.lock().unwrap().received.clone()
+    }
+
+    /// Answers the next requests with these statuses, then with 200 again.
+    pub fn answer_next(&self, statuses: &[u16]) {
+        self.inner.lock().unwrap().script.extend(statuses);
+    }
+}
+
+async fn receive(State(receiver): State<Receiver>, headers: HeaderMap, body: Bytes) -> StatusCode {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let verified = receiver.verifier.verify(&body, &headers).is_ok();
+    let mut inner = receiver.inner.lock().unwrap();
+    let answered = inner
+        .script
+        .pop_front()
+        .unwrap_or(if verified { 200 } else { 401 });
+    let parsed: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    if !receiver.quiet {
+        println!(
+            "webhook {} {} export={} signature {}",
+            parsed["type"].as_str().unwrap_or("?"),
+            answered,
+            parsed["data"]["export_id"].as_str().unwrap_or("?"),
+            if verified { "verified" } else { "INVALID" },
+        );
+    }
+    inner.received.push(Received {
+        webhook_id: header("webhook-id"),
+        timestamp: header("webhook-timestamp"),
+        signature: header("webhook-signature"),
+        user_agent: header("user-agent"),
+        content_type: header("content-type"),
+        body: parsed,
+        raw: String::from_utf8_lossy(&body).into_owned(),
+        verified,
+        answered,
+    });
+    StatusCode::from_u16(answered).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+}
+
+async fn list(State(receiver): State<Receiver>) -> Json<Vec<Received>> {
+    Json(receiver.received())
+}

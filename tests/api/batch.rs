@@ -1,0 +1,97 @@
+//! A batch is relayed at once; only records worth retrying come back as failures, and those
+//! that can never succeed are set aside on the dead-letter queue.
+
+use std::time::Duration;
+
+use dealmachine_sim::{DownloadFault, ExportSpec, FileSpec, Status};
+
+use crate::helpers::spawn_app;
+
+#[tokio::test]
+async fn a_mixed_batch_reports_exactly_the_records_worth_retrying() {
+    let app = spawn_app().await;
+    let done = app.completed(vec![FileSpec::csv("a.csv.gz", 1, 50)]);
+    let running = app
+        .sim
+        .add_export(ExportSpec::scripted(&[Status::Processing], vec![]));
+    let flaky = app.completed(vec![FileSpec {
+        fault: Some(DownloadFault::Status(503)),
+        ..FileSpec::csv("b.csv.gz", 2, 50)
+    }]);
+    let unknown = "00000000-0000-0000-0000-000000000000";
+
+    let failures = app
+        .deliver(&[
+            &done,
+            &running,
+            "{\"export_id\": ",
+            &flaky,
+            "../../etc/passwd",
+            unknown,
+        ])
+        .await;
+
+    assert_eq!(
+        failures,
+        vec!["m3"],
+        "only the transient download failure is retried"
+    );
+    assert_eq!(app.keys().await, vec![app.key(&done, "a.csv.gz")]);
+    assert_eq!(app.delayed_count().await, 1, "the running export is polled");
+
+    let mut dead = app.receive(&app.dlq_url, Duration::from_secs(1)).await;
+    dead.extend(app.receive(&app.dlq_url, Duration::from_secs(1)).await);
+    dead.sort_by_key(|m| m.attributes["source_message_id"].clone());
+    let summary: Vec<(&str, &str, &str)> = dead
+        .iter()
+        .map(|m| {
+            (
+                m.attributes["source_message_id"].as_str(),
+                m.attributes["error_code"].as_str(),
+                m.raw.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            ("m2", "malformed_message", "{\"export_id\": "),
+            ("m4", "invalid_export_id", "../../etc/passwd"),
+            ("m5", "export_not_found", unknown),
+        ],
+        "poison records are set aside intact, with the reason"
+    );
+    assert!(
+        dead.iter()
+            .all(|m| !m.attributes["error_message"].is_empty())
+    );
+}
+
+#[tokio::test]
+async fn records_of_a_batch_run_concurrently() {
+    let slow = Duration::from_millis(300);
+    let app = spawn_app().await;
+    let ids: Vec<String> = (0..5)
+        .map(|i| {
+            app.completed(vec![FileSpec {
+                fault: Some(DownloadFault::Slow(slow)),
+                ..FileSpec::csv("a.csv.gz", i, 2000)
+            }])
+        })
+        .collect();
+    let bodies: Vec<&str> = ids.iter().map(String::as_str).collect();
+
+    let started = std::time::Instant::now();
+    assert!(app.deliver(&bodies).await.is_empty());
+
+    // Each download takes at least `slow` per chunk; five in a row would take five times that.
+    let downloads = app.sim.seen_matching("/files/");
+    assert_eq!(downloads.len(), 5);
+    let first_end = downloads.iter().map(|d| d.at).min().unwrap();
+    let last_start_bound = downloads.iter().map(|d| d.at).max().unwrap();
+    assert!(
+        last_start_bound - first_end < slow,
+        "all downloads started together"
+    );
+    assert!(started.elapsed() >= slow);
+}

@@ -1,0 +1,282 @@
+//! The world a test relays in: moto's S3 and SQS (reached through the real AWS SDK), the
+//! DealMachine simulator with its file host, and a webhook receiver, all on loopback.
+
+use std::time::Duration;
+
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
+use dealmachine_sim::{ExportSpec, FileSpec, Receiver, SimOptions, Simulator};
+use export_relay::config::{Config, RetryPolicy};
+use export_relay::handler::Relay;
+use export_relay::startup;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+pub const WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+pub const PART: usize = 5 * 1024 * 1024;
+
+pub struct TestApp {
+    pub relay: Relay,
+    pub config: Config,
+    pub sim: Simulator,
+    pub receiver: Receiver,
+    pub s3: aws_sdk_s3::Client,
+    pub sqs: aws_sdk_sqs::Client,
+    pub bucket: String,
+    pub queue_url: String,
+    pub dlq_url: String,
+}
+
+/// Settings a test may change before the relay is built.
+pub struct Setup {
+    pub env: Vec<(&'static str, String)>,
+    pub sim: SimOptions,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Self {
+            env: vec![],
+            sim: SimOptions::default(),
+        }
+    }
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(Setup::default()).await
+}
+
+pub async fn spawn_app_with(setup: Setup) -> TestApp {
+    let endpoint = std::env::var("AWS_ENDPOINT_URL").expect(
+        "AWS_ENDPOINT_URL is not set: the integration tests need moto's server; run them with `make test`",
+    );
+    let loopback = "127.0.0.1:0".parse().unwrap();
+    let sim = Simulator::start(setup.sim, loopback).await.unwrap();
+    let receiver = Receiver::start(WEBHOOK_SECRET, loopback, true)
+        .await
+        .unwrap();
+    let aws = startup::aws_config().await;
+    let s3 = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&aws)
+            .force_path_style(true)
+            .build(),
+    );
+    let sqs = aws_sdk_sqs::Client::new(&aws);
+
+    let name = format!("relay-{}", uuid::Uuid::new_v4().simple());
+    s3.create_bucket()
+        .bucket(&name)
+        .send()
+        .await
+        .expect("create bucket in moto");
+    let queue_url = create_queue(&sqs, &name).await;
+    let dlq_url = create_queue(&sqs, &format!("{name}-dlq")).await;
+
+    let mut env = vec![
+        ("DEALMACHINE_API_KEY", sim.api_key().to_string()),
+        ("DEALMACHINE_API_URL", sim.api_url()),
+        ("DESTINATION_BUCKET", name.clone()),
+        ("QUEUE_URL", queue_url.clone()),
+        ("DEAD_LETTER_QUEUE_URL", dlq_url.clone()),
+        ("WEBHOOK_URL", receiver.url()),
+        ("WEBHOOK_SECRET", WEBHOOK_SECRET.to_string()),
+        ("DOWNLOAD_HOSTS", "127.0.0.1".to_string()),
+        ("ALLOW_INSECURE_HTTP", "true".to_string()),
+        ("S3_FORCE_PATH_STYLE", "true".to_string()),
+        ("PART_SIZE_MIB", "5".to_string()),
+        ("POLL_INITIAL_DELAY_SECONDS", "2".to_string()),
+        ("AWS_ENDPOINT_URL", endpoint),
+    ];
+    env.retain(|(k, _)| !setup.env.iter().any(|(o, _)| o == k));
+    env.extend(setup.env);
+    let mut config = Config::from_pairs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .expect("test settings are valid");
+    // The same schedule as in production, made fast.
+    config.api_retry = RetryPolicy {
+        retries: 3,
+        first_delay: Duration::from_millis(20),
+        max_delay: Duration::from_secs(2),
+    };
+    if let Some(webhook) = config.webhook.as_mut() {
+        webhook.retry = RetryPolicy {
+            retries: 2,
+            first_delay: Duration::from_millis(20),
+            max_delay: Duration::from_secs(1),
+        };
+    }
+    let relay = startup::build_relay(&config, &aws).unwrap();
+    TestApp {
+        relay,
+        config,
+        sim,
+        receiver,
+        s3,
+        sqs,
+        bucket: name,
+        queue_url,
+        dlq_url,
+    }
+}
+
+async fn create_queue(sqs: &aws_sdk_sqs::Client, name: &str) -> String {
+    sqs.create_queue()
+        .queue_name(name)
+        .send()
+        .await
+        .expect("create queue in moto")
+        .queue_url
+        .unwrap()
+}
+
+/// An SQS event as Lambda delivers it, with message IDs `m0`, `m1`, ...
+pub fn sqs_event(bodies: &[&str]) -> Value {
+    let records: Vec<Value> = bodies
+        .iter()
+        .enumerate()
+        .map(|(i, body)| {
+            json!({
+                "messageId": format!("m{i}"), "receiptHandle": "rh", "body": body,
+                "attributes": {"ApproximateReceiveCount": "1"}, "messageAttributes": {},
+                "md5OfBody": "", "eventSource": "aws:sqs",
+                "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:relay", "awsRegion": "us-east-1"
+            })
+        })
+        .collect();
+    json!({ "Records": records })
+}
+
+/// A sent message as read back from a queue.
+#[derive(Debug)]
+pub struct QueuedMessage {
+    pub body: Value,
+    pub raw: String,
+    pub attributes: std::collections::HashMap<String, String>,
+}
+
+impl TestApp {
+    pub fn completed(&self, files: Vec<FileSpec>) -> String {
+        self.sim.add_export(ExportSpec::completed(files))
+    }
+
+    /// Feeds the relay an SQS batch and returns the IDs it reported as failed.
+    pub async fn deliver(&self, bodies: &[&str]) -> Vec<String> {
+        let response = self
+            .relay
+            .handle(sqs_event(bodies))
+            .await
+            .expect("an SQS batch always gets a response");
+        response["batchItemFailures"]
+            .as_array()
+            .expect("batchItemFailures")
+            .iter()
+            .map(|f| f["itemIdentifier"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    pub async fn invoke(&self, event: Value) -> Value {
+        self.relay.handle(event).await.expect("invocation succeeds")
+    }
+
+    pub async fn object(
+        &self,
+        key: &str,
+    ) -> Option<(Vec<u8>, aws_sdk_s3::operation::get_object::GetObjectOutput)> {
+        let mut output = self
+            .s3
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .ok()?;
+        let body = std::mem::replace(&mut output.body, ByteStream::from_static(b""));
+        Some((body.collect().await.unwrap().to_vec(), output))
+    }
+
+    pub async fn keys(&self) -> Vec<String> {
+        let listed = self
+            .s3
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .send()
+            .await
+            .unwrap();
+        listed
+            .contents()
+            .iter()
+            .filter_map(|o| o.key.clone())
+            .collect()
+    }
+
+    pub async fn pending_uploads(&self) -> usize {
+        let listed = self
+            .s3
+            .list_multipart_uploads()
+            .bucket(&self.bucket)
+            .send()
+            .await
+            .unwrap();
+        listed.uploads().len()
+    }
+
+    pub fn key(&self, export_id: &str, filename: &str) -> String {
+        format!("{}{export_id}/{filename}", self.config.prefix)
+    }
+
+    /// Messages waiting on `queue_url`, waiting up to `wait` for the first.
+    pub async fn receive(&self, queue_url: &str, wait: Duration) -> Vec<QueuedMessage> {
+        let output = self
+            .sqs
+            .receive_message()
+            .queue_url(queue_url)
+            .max_number_of_messages(10)
+            .wait_time_seconds(wait.as_secs() as i32)
+            .message_attribute_names("All")
+            .message_system_attribute_names(MessageSystemAttributeName::All)
+            .send()
+            .await
+            .unwrap();
+        output
+            .messages()
+            .iter()
+            .map(|m| {
+                let raw = m.body().unwrap_or_default().to_string();
+                QueuedMessage {
+                    body: serde_json::from_str(&raw).unwrap_or(Value::Null),
+                    attributes: m
+                        .message_attributes()
+                        .map(|a| {
+                            a.iter()
+                                .map(|(k, v)| {
+                                    (k.clone(), v.string_value().unwrap_or_default().to_string())
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                    raw,
+                }
+            })
+            .collect()
+    }
+
+    pub async fn delayed_count(&self) -> u64 {
+        let attrs = self
+            .sqs
+            .get_queue_attributes()
+            .queue_url(&self.queue_url)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesDelayed)
+            .send()
+            .await
+            .unwrap();
+        attrs
+            .attributes()
+            .and_then(|a| a.get(&QueueAttributeName::ApproximateNumberOfMessagesDelayed))
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+}
+
+pub fn sha256(bytes: &[u8]) -> String {
+    format!("{:x}", Sha256::digest(bytes))
+}

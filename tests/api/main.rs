@@ -1,0 +1,9 @@
+//! Integration tests: the relay's handler against moto, the DealMachine simulator and a
+//! webhook receiver. Run with `make test`, which starts moto.
+
+mod batch;
+mod copy;
+mod helpers;
+mod outcomes;
+mod poll;
+mod schedule;
