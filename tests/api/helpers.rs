@@ -1,5 +1,6 @@
 //! The world a test relays in: moto's S3 and SQS (reached through the real AWS SDK), the
 //! DealMachine simulator with its file host, and a webhook receiver, all on loopback.
+#![allow(dead_code)] // Shared by several test binaries, each using part of it.
 
 use std::time::Duration;
 
@@ -25,6 +26,8 @@ pub struct TestApp {
     pub bucket: String,
     pub queue_url: String,
     pub dlq_url: String,
+    /// The relay's settings as environment variables, for running the real binary.
+    pub env: Vec<(&'static str, String)>,
 }
 
 /// Settings a test may change before the relay is built.
@@ -115,6 +118,7 @@ pub async fn spawn_app_with(setup: Setup) -> TestApp {
         bucket: name,
         queue_url,
         dlq_url,
+        env,
     }
 }
 

@@ -1,0 +1,45 @@
+# export-relay: run `make help` for the list.
+SHELL := /bin/bash
+VENV := .venv
+LINT_VENV := .venv-lint
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export CARGO_LAMBDA := $(CURDIR)/$(VENV)/bin/cargo-lambda
+
+.PHONY: help venv test unit lint build deploy demo clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: requirements-dev.txt
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+venv: $(VENV)/.installed ## Install moto and cargo-lambda into .venv
+
+test: venv ## Run every test: unit, and integration against moto, the simulator and the Runtime API
+	scripts/with-moto.sh cargo test --workspace --locked
+
+unit: ## Run the unit tests only (no moto needed)
+	cargo test --workspace --locked --lib --bins
+
+$(LINT_VENV)/.installed: requirements-lint.txt
+	python3 -m venv $(LINT_VENV)
+	$(LINT_VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-lint.txt
+	touch $@
+
+lint: $(LINT_VENV)/.installed ## cargo fmt, clippy with -D warnings, sam validate --lint
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets --locked -- -D warnings
+	AWS_DEFAULT_REGION=us-east-1 $(LINT_VENV)/bin/sam validate --lint --region us-east-1
+
+build: venv ## Release build, and the arm64 Lambda zip through cargo-lambda
+	cargo build --release --locked
+	cargo lambda build --release --arm64 --bin bootstrap --output-format zip
+
+deploy: ## Build and deploy with SAM, asking for every setting
+	$(LINT_VENV)/bin/sam build && $(LINT_VENV)/bin/sam deploy --guided
+
+clean: ## Remove build output and the local virtualenvs
+	cargo clean
+	rm -rf $(VENV) $(LINT_VENV)
