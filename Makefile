@@ -40,6 +40,11 @@ build: venv ## Release build, and the arm64 Lambda zip through cargo-lambda
 deploy: ## Build and deploy with SAM, asking for every setting
 	$(LINT_VENV)/bin/sam build && $(LINT_VENV)/bin/sam deploy --guided
 
+demo: venv ## Run the whole relay locally: simulator, moto, webhook receiver and the real Lambda binary
+	@echo "building the Lambda binary and the demo driver..."
+	@cargo build --locked --bin bootstrap --example demo || { echo "demo FAILED at the build step"; exit 1; }
+	@scripts/with-moto.sh target/debug/examples/demo
+
 clean: ## Remove build output and the local virtualenvs
 	cargo clean
 	rm -rf $(VENV) $(LINT_VENV)

@@ -22,7 +22,11 @@ impl Drop for Running {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn cargo_lambda() -> String {
@@ -31,8 +35,14 @@ fn cargo_lambda() -> String {
 
 async fn wait_for_port(port: u16) {
     let deadline = Instant::now() + Duration::from_secs(30);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-        assert!(Instant::now() < deadline, "the Runtime API emulator did not start on port {port}");
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the Runtime API emulator did not start on port {port}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -41,7 +51,15 @@ async fn wait_for_port(port: u16) {
 async fn start_function(env: &[(&'static str, String)]) -> (Running, Running, u16) {
     let port = free_port();
     let emulator = Command::new(cargo_lambda())
-        .args(["lambda", "watch", "--only-lambda-apis", "-A", "127.0.0.1", "-P", &port.to_string()])
+        .args([
+            "lambda",
+            "watch",
+            "--only-lambda-apis",
+            "-A",
+            "127.0.0.1",
+            "-P",
+            &port.to_string(),
+        ])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -51,7 +69,10 @@ async fn start_function(env: &[(&'static str, String)]) -> (Running, Running, u1
     wait_for_port(port).await;
     let function = Command::new(env!("CARGO_BIN_EXE_bootstrap"))
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .env("AWS_LAMBDA_RUNTIME_API", format!("http://127.0.0.1:{port}/.rt"))
+        .env(
+            "AWS_LAMBDA_RUNTIME_API",
+            format!("http://127.0.0.1:{port}/.rt"),
+        )
         .env("AWS_LAMBDA_FUNCTION_NAME", "_")
         .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
         .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "512")
@@ -69,7 +90,9 @@ async fn the_lambda_binary_relays_an_sqs_batch_through_the_runtime_api() {
     let (_emulator, _function, port) = start_function(&app.env).await;
 
     let response: serde_json::Value = reqwest::Client::new()
-        .post(format!("http://127.0.0.1:{port}/2015-03-31/functions/_/invocations"))
+        .post(format!(
+            "http://127.0.0.1:{port}/2015-03-31/functions/_/invocations"
+        ))
         .json(&sqs_event(&[&id, "not json {"]))
         .timeout(Duration::from_secs(60))
         .send()
@@ -80,10 +103,19 @@ async fn the_lambda_binary_relays_an_sqs_batch_through_the_runtime_api() {
         .expect("a JSON batch response");
 
     assert_eq!(response, serde_json::json!({"batchItemFailures": []}));
-    let (bytes, _) = app.object(&app.key(&id, "a.csv.gz")).await.expect("the file is in S3");
+    let (bytes, _) = app
+        .object(&app.key(&id, "a.csv.gz"))
+        .await
+        .expect("the file is in S3");
     assert_eq!(sha256(&bytes), app.sim.files(&id)[0].1.sha256);
     assert_eq!(app.receiver.received()[0].body["type"], "export.completed");
-    assert_eq!(app.receive(&app.dlq_url, Duration::from_secs(1)).await.len(), 1, "the bad record is set aside");
+    assert_eq!(
+        app.receive(&app.dlq_url, Duration::from_secs(1))
+            .await
+            .len(),
+        1,
+        "the bad record is set aside"
+    );
 }
 
 #[test]
@@ -96,7 +128,14 @@ fn a_missing_setting_stops_the_cold_start_with_one_clear_line() {
         .output()
         .unwrap();
     assert!(!output.status.success());
-    let all = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert!(all.contains("DESTINATION_BUCKET is not set"), "{all}");
-    assert!(!all.contains("dm_sk_live_secret_value"), "the key never shows: {all}");
+    assert!(
+        !all.contains("dm_sk_live_secret_value"),
+        "the key never shows: {all}"
+    );
 }

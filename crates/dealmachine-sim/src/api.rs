@@ -32,7 +32,7 @@ pub enum Status {
 }
 
 impl Status {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Self::Pending => "pending",
             Self::Processing => "processing",
@@ -147,6 +147,8 @@ struct SimExport {
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
     current: Status,
+    /// Each status served, with when it was first served.
+    history: Vec<(Status, DateTime<Utc>)>,
 }
 
 impl SimExport {
@@ -177,6 +179,9 @@ impl SimExport {
         };
         if before != self.current {
             self.updated_at = now;
+        }
+        if self.history.last().map(|(s, _)| *s) != Some(self.current) {
+            self.history.push((self.current, now));
         }
     }
 
@@ -399,6 +404,7 @@ impl Simulator {
                 created_at,
                 updated_at: created_at,
                 current: first,
+                history: vec![],
             },
         );
         id
@@ -412,6 +418,18 @@ impl Simulator {
             .iter()
             .map(|f| (f.spec.filename.clone(), f.measured.clone()))
             .collect()
+    }
+
+    /// The statuses `GET /exports/{id}` has served for an export, in order, with when.
+    pub fn history(&self, export_id: &str) -> Vec<(Status, DateTime<Utc>)> {
+        self.shared
+            .inner
+            .lock()
+            .unwrap()
+            .exports
+            .get(export_id)
+            .map(|e| e.history.clone())
+            .unwrap_or_default()
     }
 
     /// Queues API answers to give before the real ones.
