@@ -279,4 +279,23 @@ mod tests {
             EventError::Unrecognised
         );
     }
+
+    #[test]
+    fn the_sample_events_in_the_repository_are_understood() {
+        let sample =
+            |text: &str| Invocation::classify(serde_json::from_str(text).unwrap()).unwrap();
+        let Invocation::Sqs(batch) = sample(include_str!("../events/sqs.json")) else {
+            panic!("sqs.json is not an SQS event");
+        };
+        for record in batch.records {
+            ExportRequest::from_body(record.body.as_deref().unwrap()).unwrap();
+        }
+        assert!(
+            matches!(sample(include_str!("../events/schedule.json")), Invocation::Schedule(ids) if ids.len() == 2)
+        );
+        assert!(matches!(
+            sample(include_str!("../events/direct.json")),
+            Invocation::Direct(_)
+        ));
+    }
 }

@@ -85,7 +85,7 @@ impl UrlPolicy {
             scheme => return Err(format!("scheme {scheme}:// is not allowed, only https://")),
         }
         let host = url.host_str().unwrap_or_default().to_ascii_lowercase();
-        if self.hosts.iter().any(|allowed| *allowed == host) {
+        if self.hosts.contains(&host) {
             Ok(())
         } else {
             Err(format!("host {host:?} is not in DOWNLOAD_HOSTS"))

@@ -31,18 +31,10 @@ pub struct TestApp {
 }
 
 /// Settings a test may change before the relay is built.
+#[derive(Default)]
 pub struct Setup {
     pub env: Vec<(&'static str, String)>,
     pub sim: SimOptions,
-}
-
-impl Default for Setup {
-    fn default() -> Self {
-        Self {
-            env: vec![],
-            sim: SimOptions::default(),
-        }
-    }
 }
 
 pub async fn spawn_app() -> TestApp {

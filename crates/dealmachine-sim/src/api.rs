@@ -463,7 +463,12 @@ impl Shared {
     }
 
     /// Checks the key, the rate limit and queued faults; `Err` is the answer to give instead.
-    fn gate(&self, headers: &HeaderMap, path: &str, method: &str) -> Result<HeaderMap, Response> {
+    fn gate(
+        &self,
+        headers: &HeaderMap,
+        path: &str,
+        method: &str,
+    ) -> Result<HeaderMap, Box<Response>> {
         let mut inner = self.inner.lock().unwrap();
         let now = Utc::now().timestamp();
         let minute = now / 60;
@@ -552,7 +557,7 @@ impl Shared {
                         .headers_mut()
                         .insert(header::RETRY_AFTER, HeaderValue::from(after));
                 }
-                Err(response)
+                Err(Box::new(response))
             }
         }
     }
@@ -571,7 +576,7 @@ async fn get_export(
     let path = format!("/v1/exports/{id}");
     let rate = match shared.gate(&headers, &path, "GET") {
         Ok(rate) => rate,
-        Err(refusal) => return refusal,
+        Err(refusal) => return *refusal,
     };
     let now = Utc::now();
     let body = {
@@ -608,7 +613,7 @@ async fn list_exports(
     let path = "/v1/exports".to_string();
     let rate = match shared.gate(&headers, &path, "GET") {
         Ok(rate) => rate,
-        Err(refusal) => return refusal,
+        Err(refusal) => return *refusal,
     };
     let limit = q.limit.unwrap_or(20);
     if !(1..=100).contains(&limit) {
@@ -660,7 +665,7 @@ async fn create_export(
     let path = uri.path().to_string();
     let rate = match shared.gate(&headers, &path, "POST") {
         Ok(rate) => rate,
-        Err(refusal) => return refusal,
+        Err(refusal) => return *refusal,
     };
     let options = &shared.options;
     let name = if path.contains("people") {
