@@ -8,6 +8,7 @@ pub mod dealmachine;
 pub mod events;
 pub mod handler;
 pub mod http;
+pub mod integrity;
 pub mod notify;
 pub mod requeue;
 pub mod startup;

@@ -1,0 +1,196 @@
+//! Checks computed on the bytes as they stream past, so no file is ever read twice: SHA-256 for
+//! consumers, CRC64NVME for S3's own full-object check, and, for gzip CSV, a decode to the
+//! trailer with a count of the CSV rows inside.
+
+use std::io::Write;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use crc_fast::{CrcAlgorithm, Digest as CrcDigest};
+use flate2::write::MultiGzDecoder;
+use sha2::{Digest, Sha256};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("the file is not valid gzip: {0}")]
+pub struct CorruptGzip(pub String);
+
+/// What the checks found, once the last byte has passed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inspection {
+    pub sha256: String,
+    /// The object's CRC64NVME, base64 as S3 writes it.
+    pub crc64nvme: String,
+    /// CSV data rows after the header, for `.csv` and `.csv.gz` files.
+    pub rows: Option<u64>,
+}
+
+/// Watches one file's bytes go by.
+pub struct Inspector {
+    sha256: Sha256,
+    crc: CrcDigest,
+    content: Content,
+}
+
+enum Content {
+    Opaque,
+    Csv(RowCounter),
+    GzipCsv(Box<MultiGzDecoder<RowCounter>>),
+    Gzip(Box<MultiGzDecoder<std::io::Sink>>),
+}
+
+impl Inspector {
+    /// Chooses the checks from the file name: `.gz` must be gzip, `.csv` is counted.
+    pub fn for_file(filename: &str) -> Self {
+        let name = filename.to_ascii_lowercase();
+        let content = if name.ends_with(".csv.gz") {
+            Content::GzipCsv(Box::new(MultiGzDecoder::new(RowCounter::default())))
+        } else if name.ends_with(".gz") {
+            Content::Gzip(Box::new(MultiGzDecoder::new(std::io::sink())))
+        } else if name.ends_with(".csv") {
+            Content::Csv(RowCounter::default())
+        } else {
+            Content::Opaque
+        };
+        Self { sha256: Sha256::new(), crc: CrcDigest::new(CrcAlgorithm::Crc64Nvme), content }
+    }
+
+    pub fn update(&mut self, chunk: &[u8]) -> Result<(), CorruptGzip> {
+        self.sha256.update(chunk);
+        self.crc.update(chunk);
+        let decoded = match &mut self.content {
+            Content::Opaque => Ok(()),
+            Content::Csv(counter) => counter.write_all(chunk),
+            Content::GzipCsv(decoder) => decoder.write_all(chunk),
+            Content::Gzip(decoder) => decoder.write_all(chunk),
+        };
+        decoded.map_err(|e| CorruptGzip(e.to_string()))
+    }
+
+    /// The CRC64NVME of the bytes so far, for S3's checksum headers.
+    pub fn crc64nvme(&self) -> String {
+        BASE64.encode(self.crc.finalize().to_be_bytes())
+    }
+
+    /// Checks the gzip trailer (CRC and size) and returns what was found.
+    pub fn finish(self) -> Result<Inspection, CorruptGzip> {
+        let crc64nvme = BASE64.encode(self.crc.finalize().to_be_bytes());
+        let rows = match self.content {
+            Content::Opaque => None,
+            Content::Csv(counter) => Some(counter.data_rows()),
+            Content::GzipCsv(mut decoder) => {
+                decoder.try_finish().map_err(|e| CorruptGzip(e.to_string()))?;
+                Some(decoder.get_ref().data_rows())
+            }
+            Content::Gzip(mut decoder) => {
+                decoder.try_finish().map_err(|e| CorruptGzip(e.to_string()))?;
+                None
+            }
+        };
+        Ok(Inspection { sha256: format!("{:x}", self.sha256.finalize()), crc64nvme, rows })
+    }
+}
+
+/// Counts CSV records: line breaks outside double quotes, so a quoted field that spans lines
+/// is one row, as RFC 4180 reads it.
+#[derive(Debug, Default)]
+struct RowCounter {
+    records: u64,
+    in_quotes: bool,
+    /// True when bytes have come since the last record ended.
+    open_record: bool,
+}
+
+impl RowCounter {
+    fn data_rows(&self) -> u64 {
+        (self.records + u64::from(self.open_record)).saturating_sub(1)
+    }
+}
+
+impl Write for RowCounter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        for &byte in buf {
+            match byte {
+                b'"' => {
+                    self.in_quotes = !self.in_quotes;
+                    self.open_record = true;
+                }
+                b'\n' if !self.in_quotes => {
+                    self.records += 1;
+                    self.open_record = false;
+                }
+                b'\r' if !self.in_quotes => {}
+                _ => self.open_record = true,
+            }
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flate2::Compression;
+    use flate2::write::GzEncoder;
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut encoder = GzEncoder::new(Vec::new(), Compression::default());
+        encoder.write_all(data).unwrap();
+        encoder.finish().unwrap()
+    }
+
+    fn inspect(name: &str, bytes: &[u8], chunk: usize) -> Result<Inspection, CorruptGzip> {
+        let mut inspector = Inspector::for_file(name);
+        for piece in bytes.chunks(chunk.max(1)) {
+            inspector.update(piece)?;
+        }
+        inspector.finish()
+    }
+
+    #[test]
+    fn rows_are_records_not_newlines() {
+        let csv = b"id,name,notes\r\n1,\"Smith, John\",\"line one\nline two\"\r\n2,\"Say \"\"hi\"\"\",x\r\n3,a,b";
+        for chunk in [1, 3, 1000] {
+            assert_eq!(inspect("a.csv", csv, chunk).unwrap().rows, Some(3));
+        }
+        assert_eq!(inspect("a.csv", b"id,name\n", 10).unwrap().rows, Some(0));
+        assert_eq!(inspect("a.csv", b"", 10).unwrap().rows, Some(0));
+        assert_eq!(inspect("a.bin", b"x\ny\n", 10).unwrap().rows, None);
+    }
+
+    #[test]
+    fn gzip_csv_is_decoded_to_its_trailer_and_counted() {
+        let csv = b"id\n1\n2\n\"multi\nline\"\n";
+        let gz = gzip(csv);
+        for chunk in [1, 7, 4096] {
+            assert_eq!(inspect("export.csv.gz", &gz, chunk).unwrap().rows, Some(3));
+        }
+        let twice = [gz.clone(), gz].concat();
+        assert_eq!(inspect("export.csv.gz", &twice, 64).unwrap().rows, Some(7), "multi-member gzip is valid gzip");
+    }
+
+    #[test]
+    fn corrupt_or_truncated_gzip_is_refused() {
+        let gz = gzip(&b"id\n1\n2\n".repeat(100));
+        let mut flipped = gz.clone();
+        let last = flipped.len() - 6;
+        flipped[last] ^= 0xff; // inside the trailer's CRC
+        assert!(inspect("x.csv.gz", &flipped, 16).is_err(), "bad CRC");
+        assert!(inspect("x.csv.gz", &gz[..gz.len() - 4], 16).is_err(), "no trailer");
+        assert!(inspect("x.gz", b"this is plain text, not gzip", 16).is_err(), "not gzip at all");
+        let mut garbage = gz.clone();
+        garbage.extend_from_slice(b"junk after the end");
+        assert!(inspect("x.gz", &garbage, 16).is_err(), "trailing garbage");
+    }
+
+    #[test]
+    fn digests_match_known_values() {
+        let found = inspect("a.bin", b"123456789", 4).unwrap();
+        assert_eq!(found.sha256, "15e2b0d3c33891ebb0f1ef609ec419420c20e320ce94c65fbc8c3312448eb225");
+        // CRC-64/NVME's check value for "123456789" is 0xAE8B14860A799888.
+        assert_eq!(found.crc64nvme, BASE64.encode(0xAE8B_1486_0A79_9888u64.to_be_bytes()));
+    }
+}
