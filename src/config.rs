@@ -72,6 +72,8 @@ pub struct Config {
     pub download_hosts: Vec<String>,
     pub allow_insecure_http: bool,
     pub s3_force_path_style: bool,
+    /// When true, a record count that does not match the API's fails the delivery.
+    pub strict_record_count: bool,
     pub part_size: usize,
     /// Parts uploading at once, across every file this process copies: memory is bounded by
     /// `part_size * (parts_in_flight + files copying at once)`.
@@ -171,6 +173,7 @@ impl Config {
             )?,
             allow_insecure_http,
             s3_force_path_style: env.boolean("S3_FORCE_PATH_STYLE", false)?,
+            strict_record_count: env.boolean("STRICT_RECORD_COUNT", false)?,
             part_size: env.number("PART_SIZE_MIB", 8, MIN_PART_SIZE_MIB as u64..=512)? as usize
                 * MIB,
             parts_in_flight: env.number("PARTS_IN_FLIGHT", 4, 1..=64)? as usize,

@@ -14,11 +14,12 @@ use crate::config::PollPolicy;
 use crate::deadletter::DeadLetters;
 use crate::dealmachine::{ApiError, DealMachineClient, Export, ExportStatus};
 use crate::events::{EventError, ExportId, ExportRequest, Invocation};
+use crate::manifest::{Ledger, LedgerError, Manifest, ManifestFile};
 use crate::notify::{
     Delivery, ErrorInfo, Event, EventData, EventType, FileRef, Notifier, NotifyError,
 };
 use crate::requeue::{self, EnqueueError, Requeuer};
-use crate::transfer::{self, Destination, Transfer, TransferError};
+use crate::transfer::{self, Deadline, Destination, Transfer, TransferError};
 
 /// Exports a schedule checks at once; each may copy files, so keep it modest.
 const SCHEDULE_CONCURRENCY: usize = 4;
@@ -62,8 +63,12 @@ pub enum RelayError {
     Notify(#[from] NotifyError),
     #[error(transparent)]
     Enqueue(#[from] EnqueueError),
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
     #[error("two files of the export map to the same key {0}; the API's file names must be unique")]
     DuplicateKey(String),
+    #[error("{0}; not committed because STRICT_RECORD_COUNT is on")]
+    Unverified(String),
 }
 
 impl RelayError {
@@ -84,7 +89,9 @@ impl RelayError {
             Self::Transfer(e) => e.code(),
             Self::Notify(_) => "webhook_failed",
             Self::Enqueue(_) => "enqueue_failed",
+            Self::Ledger(_) => "manifest_store_failed",
             Self::DuplicateKey(_) => "duplicate_file_name",
+            Self::Unverified(_) => "record_count_mismatch",
         }
     }
 
@@ -99,29 +106,79 @@ impl RelayError {
 pub struct Relay {
     pub(crate) api: DealMachineClient,
     pub(crate) transfer: Transfer,
+    pub(crate) ledger: Ledger,
     pub(crate) notifier: Option<Notifier>,
     pub(crate) requeuer: Requeuer,
     pub(crate) dead_letters: Option<DeadLetters>,
     pub(crate) prefix: String,
     pub(crate) poll: PollPolicy,
+    pub(crate) strict_record_count: bool,
+}
+
+/// How an export ended, as the webhook tells it.
+struct Ending<'a> {
+    kind: EventType,
+    export: Option<&'a Export>,
+    manifest: Option<&'a Manifest>,
+    error: Option<ErrorInfo>,
+}
+
+impl<'a> Ending<'a> {
+    fn completed(export: &'a Export, manifest: &'a Manifest) -> Self {
+        Self {
+            kind: EventType::Completed,
+            export: Some(export),
+            manifest: Some(manifest),
+            error: None,
+        }
+    }
+
+    fn without_files(
+        kind: EventType,
+        export: Option<&'a Export>,
+        code: &str,
+        message: String,
+    ) -> Self {
+        Self {
+            kind,
+            export,
+            manifest: None,
+            error: Some(ErrorInfo {
+                code: code.into(),
+                message,
+            }),
+        }
+    }
+
+    fn from_error(kind: EventType, export: Option<&'a Export>, error: &RelayError) -> Self {
+        Self::without_files(kind, export, error.code(), error.to_string())
+    }
 }
 
 impl Relay {
     /// The Lambda entry point: any of the three event kinds in, the matching response out.
-    pub async fn handle(&self, event: Value) -> Result<Value, RelayError> {
+    pub async fn handle(&self, event: Value, deadline: Deadline) -> Result<Value, RelayError> {
         match Invocation::classify(event)? {
-            Invocation::Sqs(batch) => Ok(to_json(self.handle_batch(batch).await)),
-            Invocation::Schedule(ids) => Ok(to_json(self.handle_schedule(ids).await?)),
+            Invocation::Sqs(batch) => Ok(to_json(self.handle_batch(batch, deadline).await)),
+            Invocation::Schedule(ids) => Ok(to_json(self.handle_schedule(ids, deadline).await?)),
             Invocation::Direct(request) => {
                 let span =
                     info_span!("export", export_id = %request.export_id, attempt = request.attempt);
-                Ok(to_json(self.handle_direct(request).instrument(span).await?))
+                Ok(to_json(
+                    self.handle_direct(request, deadline)
+                        .instrument(span)
+                        .await?,
+                ))
             }
         }
     }
 
     /// Relays one export as far as it can go now. This is the whole flow, top to bottom.
-    pub async fn relay(&self, request: &ExportRequest) -> Result<Report, RelayError> {
+    pub async fn relay(
+        &self,
+        request: &ExportRequest,
+        deadline: Deadline,
+    ) -> Result<Report, RelayError> {
         let fetched = match self.api.get_export(&request.export_id).await {
             Ok(fetched) => fetched,
             Err(ApiError::RateLimited { retry_after, .. }) => {
@@ -129,30 +186,29 @@ impl Relay {
             }
             Err(e) if e.is_unreadable_export() => {
                 let error = RelayError::from(e);
-                self.announce(EventType::Failed, request, None, None, Some(error.info()))
+                self.announce(request, Ending::from_error(EventType::Failed, None, &error))
                     .await?;
                 return Err(error);
             }
             Err(e) => return Err(e.into()),
         };
-        let export = fetched.export;
+        let export = &fetched.export;
         info!(status = ?export.status, progress = export.progress, stage = export.progress_stage.as_deref(), "status fetched");
         match export.status {
             ExportStatus::Pending | ExportStatus::Processing if self.polled_too_long(request) => {
-                let error = ErrorInfo {
-                    code: "poll_timeout".into(),
-                    message: format!(
-                        "still {:?} after {} s of polling",
-                        export.status,
-                        self.poll.timeout.as_secs()
-                    ),
-                };
+                let message = format!(
+                    "still {:?} after {} s of polling",
+                    export.status,
+                    self.poll.timeout.as_secs()
+                );
                 self.announce(
-                    EventType::TimedOut,
                     request,
-                    Some(&export),
-                    None,
-                    Some(error),
+                    Ending::without_files(
+                        EventType::TimedOut,
+                        Some(export),
+                        "poll_timeout",
+                        message,
+                    ),
                 )
                 .await
             }
@@ -160,64 +216,127 @@ impl Relay {
                 self.poll_later(request, fetched.throttled_for).await
             }
             ExportStatus::Failed => {
-                let error = ErrorInfo {
-                    code: "export_failed".into(),
-                    message: format!(
-                        "DealMachine reports the export failed (stage: {})",
-                        export.progress_stage.as_deref().unwrap_or("unknown")
-                    ),
-                };
-                self.announce(EventType::Failed, request, Some(&export), None, Some(error))
-                    .await
-            }
-            ExportStatus::Completed if export.is_expired(Utc::now()) => {
-                let error = ErrorInfo {
-                    code: "export_expired".into(),
-                    message: "the export's download links are gone; run the export again".into(),
-                };
+                let stage = export.progress_stage.as_deref().unwrap_or("unknown");
+                let message = format!("DealMachine reports the export failed (stage: {stage})");
                 self.announce(
-                    EventType::Expired,
                     request,
-                    Some(&export),
-                    None,
-                    Some(error),
+                    Ending::without_files(
+                        EventType::Failed,
+                        Some(export),
+                        "export_failed",
+                        message,
+                    ),
                 )
                 .await
             }
-            ExportStatus::Completed => match self.copy_files(&export).await {
-                Ok(files) => {
-                    self.announce(
-                        EventType::Completed,
+            ExportStatus::Completed => self.relay_completed(request, export, deadline).await,
+        }
+    }
+
+    /// Copies a completed export's files and commits its manifest, unless an earlier run did.
+    async fn relay_completed(
+        &self,
+        request: &ExportRequest,
+        export: &Export,
+        deadline: Deadline,
+    ) -> Result<Report, RelayError> {
+        let manifest = match self.ledger.committed(&request.export_id).await? {
+            Some(manifest) => {
+                info!(manifest = %self.ledger.manifest_key(&request.export_id), "already committed; files are not copied again");
+                manifest
+            }
+            None if export.is_expired(Utc::now()) => {
+                let message =
+                    "the export's download links are gone; run the export again".to_string();
+                return self
+                    .announce(
                         request,
-                        Some(&export),
-                        Some(files),
-                        None,
+                        Ending::without_files(
+                            EventType::Expired,
+                            Some(export),
+                            "export_expired",
+                            message,
+                        ),
                     )
-                    .await
-                }
+                    .await;
+            }
+            None => match self.copy_and_commit(export, deadline).await {
+                Ok(manifest) => manifest,
                 Err(e @ RelayError::Transfer(TransferError::SourceGone(_))) => {
-                    self.announce(
-                        EventType::Expired,
-                        request,
-                        Some(&export),
-                        None,
-                        Some(e.info()),
-                    )
-                    .await
+                    return self
+                        .announce(
+                            request,
+                            Ending::from_error(EventType::Expired, Some(export), &e),
+                        )
+                        .await;
                 }
                 Err(e) if is_bad_export(&e) => {
-                    self.announce(
-                        EventType::Failed,
-                        request,
-                        Some(&export),
-                        None,
-                        Some(e.info()),
-                    )
-                    .await
+                    return self
+                        .announce(
+                            request,
+                            Ending::from_error(EventType::Failed, Some(export), &e),
+                        )
+                        .await;
                 }
-                Err(e) => Err(e),
+                Err(e) => return Err(e),
             },
+        };
+        self.announce(request, Ending::completed(export, &manifest))
+            .await
+    }
+
+    /// Sends the webhook unless it was delivered before, then records that it was. Only exports
+    /// the API showed us get a marker, so IDs it does not know leave no trace in the bucket.
+    async fn notify_once(
+        &self,
+        notifier: &Notifier,
+        id: &ExportId,
+        event: &Event,
+        mark: bool,
+    ) -> Result<(), RelayError> {
+        if mark && self.ledger.delivered(id, event.kind).await? {
+            info!(
+                event = event.kind.as_str(),
+                "webhook was delivered before; not sent again"
+            );
+            return Ok(());
         }
+        match notifier.send(event).await? {
+            Delivery::Delivered { tries } => {
+                info!(event = event.kind.as_str(), webhook_id = %event.webhook_id(), tries, "webhook delivered")
+            }
+            Delivery::Gone => warn!(
+                event = event.kind.as_str(),
+                "webhook dropped: endpoint gone"
+            ),
+        }
+        if mark {
+            self.ledger
+                .mark_delivered(id, event.kind, &event.webhook_id())
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn copy_and_commit(
+        &self,
+        export: &Export,
+        deadline: Deadline,
+    ) -> Result<Manifest, RelayError> {
+        let manifest = Manifest::new(export, self.copy_files(export, deadline).await?);
+        match &manifest.verification_error {
+            Some(reason) if self.strict_record_count => {
+                return Err(RelayError::Unverified(reason.clone()));
+            }
+            Some(reason) => warn!(
+                reason,
+                "committing an unverified export (STRICT_RECORD_COUNT is off)"
+            ),
+            None => {}
+        }
+        let committed = self.ledger.commit(manifest).await?;
+        info!(manifest = %self.ledger.manifest_key(&ExportId::parse(&export.export_id)?), files = committed.files.len(), "manifest committed");
+        Ok(committed)
     }
 
     fn polled_too_long(&self, request: &ExportRequest) -> bool {
@@ -248,7 +367,11 @@ impl Relay {
     }
 
     /// Copies every file of a completed export, one after another.
-    async fn copy_files(&self, export: &Export) -> Result<Vec<FileRef>, RelayError> {
+    async fn copy_files(
+        &self,
+        export: &Export,
+        deadline: Deadline,
+    ) -> Result<Vec<ManifestFile>, RelayError> {
         let files = export.download_urls.as_deref().unwrap_or_default();
         let mut keys = HashSet::new();
         let mut copied = Vec::with_capacity(files.len());
@@ -259,6 +382,7 @@ impl Relay {
             }
             let destination = Destination {
                 content_type: transfer::content_type(&file.filename),
+                filename: file.filename.clone(),
                 metadata: [
                     ("export-id".to_string(), export.export_id.clone()),
                     ("source-size".to_string(), file.size.to_string()),
@@ -268,19 +392,22 @@ impl Relay {
             };
             let done = self
                 .transfer
-                .copy(&file.url, file.size, &destination)
+                .copy(&file.url, file.size, &destination, deadline)
                 .await?;
             let seconds = done.elapsed.as_secs_f64();
             info!(
                 key = %done.key, bytes = done.size, parts = done.parts, seconds,
                 mib_per_s = done.size as f64 / 1_048_576.0 / seconds.max(1e-6),
+                sha256 = %done.inspection.sha256, rows = done.inspection.rows,
                 "file copied"
             );
-            copied.push(FileRef {
+            copied.push(ManifestFile {
                 filename: file.filename.clone(),
-                bucket: self.transfer.bucket().to_string(),
                 key: done.key,
                 size: done.size,
+                sha256: done.inspection.sha256,
+                crc64nvme: done.inspection.crc64nvme,
+                rows: done.inspection.rows,
             });
         }
         Ok(copied)
@@ -289,35 +416,36 @@ impl Relay {
     /// Tells downstream how the export ended, and reports it.
     async fn announce(
         &self,
-        kind: EventType,
         request: &ExportRequest,
-        export: Option<&Export>,
-        files: Option<Vec<FileRef>>,
-        error: Option<ErrorInfo>,
+        ending: Ending<'_>,
     ) -> Result<Report, RelayError> {
+        let kind = ending.kind;
+        let files = ending
+            .manifest
+            .map(|m| file_refs(self.transfer.bucket(), m));
+        match &self.notifier {
+            Some(notifier) => {
+                let event = Event::new(kind, event_data(request, &ending, files.clone()));
+                self.notify_once(
+                    notifier,
+                    &request.export_id,
+                    &event,
+                    ending.export.is_some(),
+                )
+                .await?;
+            }
+            None => info!(
+                event = kind.as_str(),
+                "no WEBHOOK_URL set; nothing to notify"
+            ),
+        }
         let outcome = match kind {
             EventType::Completed => Outcome::Completed,
             EventType::Failed => Outcome::Failed,
             EventType::Expired => Outcome::Expired,
             EventType::TimedOut => Outcome::TimedOut,
         };
-        let event = Event::new(
-            kind,
-            event_data(request, export, files.clone(), error.clone()),
-        );
-        match &self.notifier {
-            Some(notifier) => match notifier.send(&event).await? {
-                Delivery::Delivered { tries } => {
-                    info!(event = kind.as_str(), webhook_id = %event.webhook_id(), tries, "webhook delivered")
-                }
-                Delivery::Gone => warn!(event = kind.as_str(), "webhook dropped: endpoint gone"),
-            },
-            None => info!(
-                event = kind.as_str(),
-                "no WEBHOOK_URL set; nothing to notify"
-            ),
-        }
-        match &error {
+        match &ending.error {
             Some(e) => {
                 warn!(outcome = ?outcome, code = %e.code, reason = %e.message, "export finished without files")
             }
@@ -325,13 +453,13 @@ impl Relay {
         }
         Ok(Report {
             files,
-            error,
+            error: ending.error,
             ..Report::new(request, outcome)
         })
     }
 
     /// Runs a batch's records at once; the response names only those worth retrying.
-    pub async fn handle_batch(&self, batch: SqsEvent) -> SqsBatchResponse {
+    pub async fn handle_batch(&self, batch: SqsEvent, deadline: Deadline) -> SqsBatchResponse {
         let results = futures::future::join_all(batch.records.into_iter().map(|record| {
             let span = info_span!(
                 "export",
@@ -340,7 +468,7 @@ impl Relay {
                 attempt = tracing::field::Empty,
             );
             let message_id = record.message_id.clone().unwrap_or_default();
-            async move { (message_id, self.handle_record(record).await) }.instrument(span)
+            async move { (message_id, self.handle_record(record, deadline).await) }.instrument(span)
         }))
         .await;
         let mut response = SqsBatchResponse::default();
@@ -353,14 +481,14 @@ impl Relay {
     }
 
     /// True when the record is done with: relayed, or set aside as one that can never succeed.
-    async fn handle_record(&self, record: SqsMessage) -> bool {
+    async fn handle_record(&self, record: SqsMessage, deadline: Deadline) -> bool {
         let body = record.body.as_deref().unwrap_or_default();
         let result = match ExportRequest::from_body(body) {
             Ok(request) => {
                 let span = tracing::Span::current();
                 span.record("export_id", request.export_id.as_str());
                 span.record("attempt", request.attempt);
-                self.relay(&request).await
+                self.relay(&request, deadline).await
             }
             Err(e) => Err(e.into()),
         };
@@ -398,7 +526,11 @@ impl Relay {
 
     /// Checks each export a schedule names once. Running ones go on the queue; ones that fail
     /// for a passing reason go on it too, so that SQS retries them and none is lost.
-    pub async fn handle_schedule(&self, ids: Vec<String>) -> Result<Value, RelayError> {
+    pub async fn handle_schedule(
+        &self,
+        ids: Vec<String>,
+        deadline: Deadline,
+    ) -> Result<Value, RelayError> {
         let results: Vec<Value> = stream::iter(ids)
             .map(|id| async move {
                 let request = match ExportId::parse(&id) {
@@ -406,7 +538,7 @@ impl Relay {
                     Err(e) => return Ok(json!({"export_id": id, "error": RelayError::from(e).info()})),
                 };
                 let span = info_span!("export", export_id = %request.export_id, attempt = request.attempt);
-                match self.relay(&request).instrument(span).await {
+                match self.relay(&request, deadline).instrument(span).await {
                     Ok(report) => Ok(to_json(report)),
                     Err(e) if e.is_permanent() => Ok(json!({"export_id": id, "error": e.info()})),
                     Err(e) => {
@@ -426,8 +558,12 @@ impl Relay {
     }
 
     /// For operators: the outcome, or the permanent error as a `failed` outcome.
-    async fn handle_direct(&self, request: ExportRequest) -> Result<Report, RelayError> {
-        match self.relay(&request).await {
+    async fn handle_direct(
+        &self,
+        request: ExportRequest,
+        deadline: Deadline,
+    ) -> Result<Report, RelayError> {
+        match self.relay(&request, deadline).await {
             Err(e) if e.is_permanent() => Ok(Report {
                 error: Some(e.info()),
                 ..Report::new(&request, Outcome::Failed)
@@ -454,17 +590,17 @@ impl Report {
 fn is_bad_export(error: &RelayError) -> bool {
     match error {
         RelayError::Transfer(e) => e.is_permanent(),
-        RelayError::DuplicateKey(_) => true,
+        RelayError::DuplicateKey(_) | RelayError::Unverified(_) => true,
         _ => false,
     }
 }
 
 fn event_data(
     request: &ExportRequest,
-    export: Option<&Export>,
+    ending: &Ending<'_>,
     files: Option<Vec<FileRef>>,
-    error: Option<ErrorInfo>,
 ) -> EventData {
+    let export = ending.export;
     EventData {
         export_id: request.export_id.to_string(),
         name: export.and_then(|e| e.name.clone()),
@@ -475,8 +611,25 @@ fn event_data(
         expires_at: export.and_then(|e| e.expires_at),
         metadata: request.metadata.clone().unwrap_or_default(),
         files,
-        error,
+        verified: ending.manifest.map(|m| m.verified),
+        verification_error: ending.manifest.and_then(|m| m.verification_error.clone()),
+        error: ending.error.clone(),
     }
+}
+
+fn file_refs(bucket: &str, manifest: &Manifest) -> Vec<FileRef> {
+    manifest
+        .files
+        .iter()
+        .map(|f| FileRef {
+            filename: f.filename.clone(),
+            bucket: bucket.to_string(),
+            key: f.key.clone(),
+            size: f.size,
+            sha256: f.sha256.clone(),
+            rows: f.rows,
+        })
+        .collect()
 }
 
 fn to_json(value: impl Serialize) -> Value {

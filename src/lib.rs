@@ -9,6 +9,7 @@ pub mod events;
 pub mod handler;
 pub mod http;
 pub mod integrity;
+pub mod manifest;
 pub mod notify;
 pub mod requeue;
 pub mod startup;

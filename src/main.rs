@@ -1,6 +1,8 @@
 //! The Lambda binary: read settings, build the relay, serve events.
 
-use export_relay::{config::Config, startup};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use export_relay::{config::Config, startup, transfer::Deadline};
 use lambda_runtime::{Error, LambdaEvent, service_fn};
 use serde_json::Value;
 
@@ -11,7 +13,16 @@ async fn main() -> Result<(), Error> {
     let relay = startup::build_relay(&config, &startup::aws_config().await)?;
     let relay = &relay;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
-        relay.handle(event.payload).await
+        relay.handle(event.payload, deadline(&event.context)).await
     }))
     .await
+}
+
+/// Lambda gives the deadline as epoch milliseconds; the relay plans with a monotonic clock.
+fn deadline(context: &lambda_runtime::Context) -> Deadline {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let left = Duration::from_millis(context.deadline).saturating_sub(now);
+    Deadline::at(Instant::now() + left)
 }

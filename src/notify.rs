@@ -120,6 +120,11 @@ pub struct EventData {
     pub metadata: Map<String, Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub files: Option<Vec<FileRef>>,
+    /// On `export.completed`: false when a check (the record count) did not match.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verified: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verification_error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorInfo>,
 }
@@ -130,6 +135,10 @@ pub struct FileRef {
     pub bucket: String,
     pub key: String,
     pub size: u64,
+    pub sha256: String,
+    /// CSV data rows, for `.csv` and `.csv.gz` files.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rows: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -299,6 +308,8 @@ mod tests {
             expires_at: None,
             metadata: Map::new(),
             files: None,
+            verified: None,
+            verification_error: None,
             error: None,
         };
         let a = Event::new(EventType::Completed, data.clone());

@@ -6,6 +6,7 @@ use crate::config::Config;
 use crate::deadletter::DeadLetters;
 use crate::dealmachine::DealMachineClient;
 use crate::handler::Relay;
+use crate::manifest::Ledger;
 use crate::notify::Notifier;
 use crate::requeue::Requeuer;
 use crate::transfer::{Transfer, UrlPolicy};
@@ -42,6 +43,7 @@ pub fn build_relay(config: &Config, aws: &SdkConfig) -> Result<Relay, StartupErr
             config.api_key.clone(),
             config.api_retry,
         ),
+        ledger: Ledger::new(s3.clone(), config.bucket.clone(), config.prefix.clone()),
         transfer: Transfer::new(
             s3,
             config.bucket.clone(),
@@ -57,5 +59,6 @@ pub fn build_relay(config: &Config, aws: &SdkConfig) -> Result<Relay, StartupErr
             .map(|url| DeadLetters::new(sqs, url)),
         prefix: config.prefix.clone(),
         poll: config.poll,
+        strict_record_count: config.strict_record_count,
     })
 }

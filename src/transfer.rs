@@ -10,13 +10,18 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_s3::error::DisplayErrorContext;
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use aws_sdk_s3::types::{
+    ChecksumAlgorithm, ChecksumType, CompletedMultipartUpload, CompletedPart, MetadataDirective,
+};
 use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::{StatusCode, redirect};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use url::Url;
+
+use crate::integrity::{CorruptGzip, Inspection, Inspector};
 
 /// Longest file name kept in a key; S3 allows 1024 bytes for the whole key.
 const MAX_FILE_NAME_LEN: usize = 200;
@@ -37,6 +42,12 @@ pub enum TransferError {
     Download(#[source] reqwest::Error),
     #[error("the download was {got} bytes where {expected} were announced")]
     SizeMismatch { expected: u64, got: u64 },
+    #[error(transparent)]
+    Corrupt(CorruptGzip),
+    #[error(
+        "not enough time left to copy the remaining {remaining} bytes ({seconds_left} s left); SQS will deliver the record again"
+    )]
+    OutOfTime { remaining: u64, seconds_left: u64 },
     #[error("S3 {operation} failed: {message}")]
     S3 {
         operation: &'static str,
@@ -45,9 +56,13 @@ pub enum TransferError {
 }
 
 impl TransferError {
-    /// True when copying again cannot help: the URL or name is unacceptable.
+    /// True when copying again cannot help: the URL or name is unacceptable, or the file
+    /// itself is broken (the size check and TLS rule out damage in transit).
     pub fn is_permanent(&self) -> bool {
-        matches!(self, Self::UrlRefused(_) | Self::BadFileName(..))
+        matches!(
+            self,
+            Self::UrlRefused(_) | Self::BadFileName(..) | Self::Corrupt(_)
+        )
     }
 
     pub fn code(&self) -> &'static str {
@@ -58,6 +73,8 @@ impl TransferError {
             Self::SourceStatus(_) => "download_http_error",
             Self::Download(_) => "download_failed",
             Self::SizeMismatch { .. } => "size_mismatch",
+            Self::Corrupt(_) => "corrupt_file",
+            Self::OutOfTime { .. } => "out_of_time",
             Self::S3 { .. } => "s3_error",
         }
     }
@@ -110,16 +127,55 @@ impl UrlPolicy {
 #[derive(Debug, Clone)]
 pub struct Destination {
     pub key: String,
+    /// The API's file name, which picks the content checks.
+    pub filename: String,
     pub content_type: &'static str,
     pub metadata: HashMap<String, String>,
 }
 
+/// A file safely in S3, with what was checked on the way.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Copied {
     pub key: String,
     pub size: u64,
     pub parts: usize,
     pub elapsed: Duration,
+    pub inspection: Inspection,
+}
+
+/// When this invocation must be done, so a copy can stop cleanly before Lambda kills it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Deadline(Option<Instant>);
+
+impl Deadline {
+    /// Time kept back for aborting the upload and answering Lambda.
+    const MARGIN: Duration = Duration::from_secs(5);
+
+    pub const NONE: Self = Self(None);
+
+    pub fn at(instant: Instant) -> Self {
+        Self(Some(instant))
+    }
+
+    /// Fails if `remaining` bytes, at `rate` bytes a second so far, would not arrive in time.
+    fn check(self, remaining: u64, rate: Option<f64>) -> Result<(), TransferError> {
+        let Some(deadline) = self.0 else {
+            return Ok(());
+        };
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .saturating_sub(Self::MARGIN);
+        let needed = rate.filter(|r| *r > 0.0).map_or(Duration::ZERO, |r| {
+            Duration::from_secs_f64(remaining as f64 / r)
+        });
+        if left.is_zero() || needed > left {
+            return Err(TransferError::OutOfTime {
+                remaining,
+                seconds_left: left.as_secs(),
+            });
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone)]
@@ -162,15 +218,17 @@ impl Transfer {
 
     /// Copies one file from `source` to `destination`, whose size must be `expected_size`.
     ///
-    /// Either the whole object lands at its key or nothing does: a multipart upload that fails
-    /// is aborted.
+    /// Either the whole, checked object lands at its key or nothing does: a multipart upload
+    /// that fails, for any reason this process lives to see, is aborted.
     pub async fn copy(
         &self,
         source: &str,
         expected_size: u64,
         destination: &Destination,
+        deadline: Deadline,
     ) -> Result<Copied, TransferError> {
         let started = Instant::now();
+        deadline.check(expected_size, None)?;
         let url = Url::parse(source)
             .map_err(|e| TransferError::UrlRefused(format!("not a URL ({e})")))?;
         self.policy.check(&url).map_err(TransferError::UrlRefused)?;
@@ -194,14 +252,21 @@ impl Transfer {
                 got: announced,
             });
         }
-        let mut body = PartReader::new(response.bytes_stream(), expected_size, self.part_size);
+        let inspector = Inspector::for_file(&destination.filename);
+        let mut body = PartReader::new(
+            response.bytes_stream(),
+            expected_size,
+            self.part_size,
+            inspector,
+        );
         let slot = self.slot().await;
         let first = body.next_part().await?;
-        let parts = if body.finished() {
-            self.put_whole(destination, first).await?;
-            1
+        let (parts, inspection) = if body.finished() {
+            let inspection = body.inspection()?;
+            self.put_whole(destination, first, &inspection).await?;
+            (1, inspection)
         } else {
-            self.put_multipart(destination, (first, slot), &mut body)
+            self.put_multipart(destination, (first, slot), &mut body, (started, deadline))
                 .await?
         };
         Ok(Copied {
@@ -209,6 +274,7 @@ impl Transfer {
             size: expected_size,
             parts,
             elapsed: started.elapsed(),
+            inspection,
         })
     }
 
@@ -220,18 +286,20 @@ impl Transfer {
             .expect("the part semaphore is never closed")
     }
 
-    /// A file that fits in one part goes up in one request.
+    /// A file that fits in one part goes up in one request, checksum and all.
     async fn put_whole(
         &self,
         destination: &Destination,
         bytes: Bytes,
+        inspection: &Inspection,
     ) -> Result<(), TransferError> {
         self.s3
             .put_object()
             .bucket(&self.bucket)
             .key(&destination.key)
             .content_type(destination.content_type)
-            .set_metadata(Some(destination.metadata.clone()))
+            .set_metadata(Some(with_sha256(destination, inspection)))
+            .checksum_crc64_nvme(&inspection.crc64nvme)
             .body(ByteStream::from(bytes))
             .send()
             .await
@@ -244,7 +312,8 @@ impl Transfer {
         destination: &Destination,
         first: (Bytes, OwnedSemaphorePermit),
         body: &mut PartReader<impl Stream<Item = reqwest::Result<Bytes>> + Unpin>,
-    ) -> Result<usize, TransferError> {
+        timing: (Instant, Deadline),
+    ) -> Result<(usize, Inspection), TransferError> {
         let upload_id = self
             .s3
             .create_multipart_upload()
@@ -252,6 +321,8 @@ impl Transfer {
             .key(&destination.key)
             .content_type(destination.content_type)
             .set_metadata(Some(destination.metadata.clone()))
+            .checksum_algorithm(ChecksumAlgorithm::Crc64Nvme)
+            .checksum_type(ChecksumType::FullObject)
             .send()
             .await
             .map_err(|e| TransferError::s3("CreateMultipartUpload", e))?
@@ -260,20 +331,23 @@ impl Transfer {
                 operation: "CreateMultipartUpload",
                 message: "no upload ID".into(),
             })?;
-        let result = self
-            .upload_parts(&destination.key, &upload_id, first, body)
-            .await;
-        let completed = match result {
-            Ok(parts) => self.complete(&destination.key, &upload_id, parts).await,
-            Err(e) => Err(e),
-        };
-        match completed {
-            Ok(count) => Ok(count),
-            Err(e) => {
-                self.abort(&destination.key, &upload_id).await;
-                Err(e)
-            }
+        let completed = async {
+            let parts = self
+                .upload_parts(&destination.key, &upload_id, first, body, timing)
+                .await?;
+            let inspection = body.inspection()?;
+            let count = self
+                .complete(&destination.key, &upload_id, parts, &inspection)
+                .await?;
+            Ok((count, inspection))
         }
+        .await;
+        if completed.is_err() {
+            self.abort(&destination.key, &upload_id).await;
+        }
+        let (count, inspection) = completed?;
+        self.set_metadata(destination, &inspection).await?;
+        Ok((count, inspection))
     }
 
     /// Uploads parts as they fill, each in its own task, holding a slot until it is stored.
@@ -283,6 +357,7 @@ impl Transfer {
         upload_id: &str,
         first: (Bytes, OwnedSemaphorePermit),
         body: &mut PartReader<impl Stream<Item = reqwest::Result<Bytes>> + Unpin>,
+        (started, deadline): (Instant, Deadline),
     ) -> Result<Vec<CompletedPart>, TransferError> {
         let mut uploads = JoinSet::new();
         let mut parts = Vec::new();
@@ -295,6 +370,8 @@ impl Transfer {
             if body.finished() {
                 break;
             }
+            let rate = body.received as f64 / started.elapsed().as_secs_f64().max(1e-3);
+            deadline.check(body.expected - body.received, Some(rate))?;
             slot = self.slot().await;
             bytes = body.next_part().await?;
         }
@@ -320,6 +397,7 @@ impl Transfer {
             .key(key)
             .upload_id(upload_id)
             .part_number(number)
+            .checksum_algorithm(ChecksumAlgorithm::Crc64Nvme)
             .body(ByteStream::from(bytes));
         async move {
             let output = request
@@ -330,15 +408,19 @@ impl Transfer {
             Ok(CompletedPart::builder()
                 .part_number(number)
                 .set_e_tag(output.e_tag)
+                .set_checksum_crc64_nvme(output.checksum_crc64_nvme)
                 .build())
         }
     }
 
+    /// Completes the upload with the whole file's CRC64NVME, which S3 checks against what it
+    /// stored.
     async fn complete(
         &self,
         key: &str,
         upload_id: &str,
         parts: Vec<CompletedPart>,
+        inspection: &Inspection,
     ) -> Result<usize, TransferError> {
         let count = parts.len();
         self.s3
@@ -346,6 +428,8 @@ impl Transfer {
             .bucket(&self.bucket)
             .key(key)
             .upload_id(upload_id)
+            .checksum_type(ChecksumType::FullObject)
+            .checksum_crc64_nvme(&inspection.crc64nvme)
             .multipart_upload(
                 CompletedMultipartUpload::builder()
                     .set_parts(Some(parts))
@@ -355,6 +439,28 @@ impl Transfer {
             .await
             .map_err(|e| TransferError::s3("CompleteMultipartUpload", e))?;
         Ok(count)
+    }
+
+    /// S3 fixes metadata when a multipart upload starts, before the SHA-256 is known. A copy of
+    /// the object onto itself, inside S3, adds it: no byte passes through the relay again.
+    async fn set_metadata(
+        &self,
+        destination: &Destination,
+        inspection: &Inspection,
+    ) -> Result<(), TransferError> {
+        self.s3
+            .copy_object()
+            .bucket(&self.bucket)
+            .key(&destination.key)
+            .copy_source(format!("{}/{}", self.bucket, urlencoding(&destination.key)))
+            .metadata_directive(MetadataDirective::Replace)
+            .content_type(destination.content_type)
+            .set_metadata(Some(with_sha256(destination, inspection)))
+            .checksum_algorithm(ChecksumAlgorithm::Crc64Nvme)
+            .send()
+            .await
+            .map_err(|e| TransferError::s3("CopyObject", e))?;
+        Ok(())
     }
 
     /// Best effort: a failed abort is left to the bucket's lifecycle rule, and logged.
@@ -371,6 +477,23 @@ impl Transfer {
             tracing::warn!(key, error = %DisplayErrorContext(e), "could not abort multipart upload; the lifecycle rule will");
         }
     }
+}
+
+fn with_sha256(destination: &Destination, inspection: &Inspection) -> HashMap<String, String> {
+    let mut metadata = destination.metadata.clone();
+    metadata.insert("sha256".into(), inspection.sha256.clone());
+    metadata
+}
+
+/// A copy source is URL-encoded; `/` stays, as it separates the key's folders.
+fn urlencoding(key: &str) -> String {
+    const KEEP: &AsciiSet = &NON_ALPHANUMERIC
+        .remove(b'/')
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~');
+    utf8_percent_encode(key, KEEP).to_string()
 }
 
 fn joined(
@@ -399,8 +522,9 @@ fn download_error(e: reqwest::Error) -> TransferError {
     }
 }
 
-/// Cuts a byte stream into parts of `part_size`, and checks its length against the announced
-/// size as it goes, so an over-long body is stopped early and a short one is caught at the end.
+/// Cuts a byte stream into parts of `part_size`, checks its length against the announced size
+/// as it goes (an over-long body is stopped early, a short one caught at the end), and shows
+/// every byte to the inspector.
 struct PartReader<S> {
     stream: S,
     carry: Bytes,
@@ -408,10 +532,11 @@ struct PartReader<S> {
     expected: u64,
     part_size: usize,
     ended: bool,
+    inspector: Option<Inspector>,
 }
 
 impl<S: Stream<Item = reqwest::Result<Bytes>> + Unpin> PartReader<S> {
-    fn new(stream: S, expected: u64, part_size: usize) -> Self {
+    fn new(stream: S, expected: u64, part_size: usize, inspector: Inspector) -> Self {
         Self {
             stream,
             carry: Bytes::new(),
@@ -419,12 +544,20 @@ impl<S: Stream<Item = reqwest::Result<Bytes>> + Unpin> PartReader<S> {
             expected,
             part_size,
             ended: false,
+            inspector: Some(inspector),
         }
     }
 
     /// True once the stream has ended and every byte has been handed out.
     fn finished(&self) -> bool {
         self.ended && self.carry.is_empty()
+    }
+
+    /// The checks' findings, once the stream has ended.
+    fn inspection(&mut self) -> Result<Inspection, TransferError> {
+        assert!(self.ended, "inspect only a finished stream");
+        let inspector = self.inspector.take().expect("inspected once");
+        inspector.finish().map_err(TransferError::Corrupt)
     }
 
     /// The next part: `part_size` bytes, or fewer for the last one.
@@ -457,6 +590,9 @@ impl<S: Stream<Item = reqwest::Result<Bytes>> + Unpin> PartReader<S> {
                 self.received += chunk.len() as u64;
                 if self.received > self.expected {
                     return Err(self.mismatch());
+                }
+                if let Some(inspector) = self.inspector.as_mut() {
+                    inspector.update(&chunk).map_err(TransferError::Corrupt)?;
                 }
                 self.carry = chunk;
             }
@@ -545,7 +681,8 @@ mod tests {
         expected: u64,
         part_size: usize,
     ) -> Result<Vec<usize>, TransferError> {
-        let mut reader = PartReader::new(chunks(sizes), expected, part_size);
+        let mut reader =
+            PartReader::new(chunks(sizes), expected, part_size, Inspector::for_file("x"));
         let mut out = vec![];
         loop {
             out.push(reader.next_part().await?.len());

@@ -36,7 +36,7 @@ async fn a_mixed_batch_reports_exactly_the_records_worth_retrying() {
         vec!["m3"],
         "only the transient download failure is retried"
     );
-    assert_eq!(app.keys().await, vec![app.key(&done, "a.csv.gz")]);
+    assert_eq!(app.file_keys().await, vec![app.key(&done, "a.csv.gz")]);
     assert_eq!(app.delayed_count().await, 1, "the running export is polled");
 
     let mut dead = app.receive(&app.dlq_url, Duration::from_secs(1)).await;

@@ -117,7 +117,7 @@ async fn a_download_that_breaks_off_leaves_nothing_behind_and_is_retried() {
 
     let failures = app.deliver(&[&id]).await;
     assert_eq!(failures, vec!["m0"], "a broken download is worth retrying");
-    assert!(app.keys().await.is_empty(), "no partial object");
+    assert!(app.file_keys().await.is_empty(), "no partial object");
     assert_eq!(
         app.pending_uploads().await,
         0,
@@ -141,7 +141,7 @@ async fn a_download_url_off_the_allow_list_is_refused_with_export_failed() {
     let report = app.invoke(json!({"export_id": id})).await;
     assert_eq!(report["outcome"], "failed");
     assert_eq!(report["error"]["code"], "download_url_refused");
-    assert!(app.keys().await.is_empty());
+    assert!(app.file_keys().await.is_empty());
     let hooks = app.receiver.received();
     assert_eq!(hooks[0].body["type"], "export.failed");
     assert!(
@@ -160,7 +160,7 @@ async fn hostile_file_names_stay_inside_the_export_folder() {
         FileSpec::csv("/etc/passwd", 7, 10),
     ]);
     app.deliver(&[&id]).await;
-    let mut keys = app.keys().await;
+    let mut keys = app.file_keys().await;
     keys.sort();
     let folder = app.key(&id, "");
     assert_eq!(

@@ -10,6 +10,7 @@ use dealmachine_sim::{ExportSpec, FileSpec, Receiver, SimOptions, Simulator};
 use export_relay::config::{Config, RetryPolicy};
 use export_relay::handler::Relay;
 use export_relay::startup;
+use export_relay::transfer::Deadline;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
@@ -51,11 +52,7 @@ pub async fn spawn_app_with(setup: Setup) -> TestApp {
         .await
         .unwrap();
     let aws = startup::aws_config().await;
-    let s3 = aws_sdk_s3::Client::from_conf(
-        aws_sdk_s3::config::Builder::from(&aws)
-            .force_path_style(true)
-            .build(),
-    );
+    let s3 = test_s3_client(&aws);
     let sqs = aws_sdk_sqs::Client::new(&aws);
 
     let name = format!("relay-{}", uuid::Uuid::new_v4().simple());
@@ -114,6 +111,16 @@ pub async fn spawn_app_with(setup: Setup) -> TestApp {
     }
 }
 
+/// The tests' own S3 client. It does not check response checksums: moto reports a CRC32 where
+/// a CRC64NVME was asked for, while the tests compare SHA-256 of what they read anyway.
+pub fn test_s3_client(aws: &aws_config::SdkConfig) -> aws_sdk_s3::Client {
+    let config = aws_sdk_s3::config::Builder::from(aws)
+        .force_path_style(true)
+        .response_checksum_validation(aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired)
+        .build();
+    aws_sdk_s3::Client::from_conf(config)
+}
+
 async fn create_queue(sqs: &aws_sdk_sqs::Client, name: &str) -> String {
     sqs.create_queue()
         .queue_name(name)
@@ -156,9 +163,14 @@ impl TestApp {
 
     /// Feeds the relay an SQS batch and returns the IDs it reported as failed.
     pub async fn deliver(&self, bodies: &[&str]) -> Vec<String> {
+        self.deliver_by(bodies, Deadline::NONE).await
+    }
+
+    /// Feeds a batch to an invocation that must end by `deadline`.
+    pub async fn deliver_by(&self, bodies: &[&str], deadline: Deadline) -> Vec<String> {
         let response = self
             .relay
-            .handle(sqs_event(bodies))
+            .handle(sqs_event(bodies), deadline)
             .await
             .expect("an SQS batch always gets a response");
         response["batchItemFailures"]
@@ -170,7 +182,10 @@ impl TestApp {
     }
 
     pub async fn invoke(&self, event: Value) -> Value {
-        self.relay.handle(event).await.expect("invocation succeeds")
+        self.relay
+            .handle(event, Deadline::NONE)
+            .await
+            .expect("invocation succeeds")
     }
 
     pub async fn object(
@@ -189,6 +204,14 @@ impl TestApp {
         Some((body.collect().await.unwrap().to_vec(), output))
     }
 
+    /// The exports' files in the bucket, without manifests and delivery markers.
+    pub async fn file_keys(&self) -> Vec<String> {
+        let mut keys = self.keys().await;
+        keys.retain(|k| !k.ends_with("/manifest.json") && !k.contains("/.delivered/"));
+        keys
+    }
+
+    /// Every key in the bucket, sorted.
     pub async fn keys(&self) -> Vec<String> {
         let listed = self
             .s3
@@ -213,6 +236,22 @@ impl TestApp {
             .await
             .unwrap();
         listed.uploads().len()
+    }
+
+    /// Reads and parses an export's committed manifest.
+    pub async fn manifest(&self, export_id: &str) -> Option<Value> {
+        let (bytes, _) = self.object(&self.key(export_id, "manifest.json")).await?;
+        Some(serde_json::from_slice(&bytes).expect("the manifest is JSON"))
+    }
+
+    /// Asserts that nothing of the export is in the bucket and no upload is left open.
+    pub async fn assert_nothing_stored(&self) {
+        assert_eq!(self.keys().await, Vec::<String>::new(), "no object");
+        assert_eq!(
+            self.pending_uploads().await,
+            0,
+            "no multipart upload left open"
+        );
     }
 
     pub fn key(&self, export_id: &str, filename: &str) -> String {

@@ -26,7 +26,7 @@ async fn a_failed_export_gives_export_failed() {
     assert_eq!(body["data"]["status"], "failed");
     assert_eq!(body["data"]["metadata"], json!({"k": "v"}));
     assert_eq!(body["data"]["error"]["code"], "export_failed");
-    assert!(app.keys().await.is_empty());
+    assert!(app.file_keys().await.is_empty());
 }
 
 #[tokio::test]
@@ -41,7 +41,7 @@ async fn a_completed_export_past_its_expiry_gives_export_expired() {
 
     assert_eq!(report["outcome"], "expired");
     assert_eq!(app.receiver.received()[0].body["type"], "export.expired");
-    assert!(app.keys().await.is_empty());
+    assert!(app.file_keys().await.is_empty());
 }
 
 #[tokio::test]

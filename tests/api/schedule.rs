@@ -31,7 +31,7 @@ async fn a_schedule_checks_each_export_once_and_hands_running_ones_to_the_queue(
         .map(|r| r["outcome"].as_str().unwrap_or("error"))
         .collect();
     assert_eq!(outcomes, vec!["completed", "requeued", "error"]);
-    assert_eq!(app.keys().await, vec![app.key(&done, "a.csv.gz")]);
+    assert_eq!(app.file_keys().await, vec![app.key(&done, "a.csv.gz")]);
     assert_eq!(app.delayed_count().await, 1);
     assert_eq!(
         app.sim.seen_matching("/v1/exports/").len(),
@@ -73,7 +73,10 @@ async fn a_direct_invoke_answers_with_the_outcome() {
 
     let err = app
         .relay
-        .handle(json!({"hello": "world"}))
+        .handle(
+            json!({"hello": "world"}),
+            export_relay::transfer::Deadline::NONE,
+        )
         .await
         .unwrap_err();
     assert!(err.to_string().contains("unrecognised event"));

@@ -47,8 +47,10 @@ impl Status {
 pub enum DownloadFault {
     /// Close the connection after this many bytes.
     CloseAfter(u64),
-    /// Send this many bytes more than the announced size.
+    /// Send this many bytes more than the announced size, without a `Content-Length`.
     ExtraBytes(u64),
+    /// Invert the byte at this offset, keeping the size: a corrupt file.
+    FlipByteAt(u64),
     /// Pause this long between chunks.
     Slow(Duration),
     /// Send this many bytes, then nothing, without closing.
@@ -741,34 +743,36 @@ async fn download(
 }
 
 fn serve_file(spec: FileSpec, measured: Measured) -> Response {
-    if let Some(DownloadFault::Status(code)) = spec.fault {
+    let fault = spec.fault;
+    if let Some(DownloadFault::Status(code)) = fault {
         return StatusCode::from_u16(code)
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
             .into_response();
     }
-    let extra = match spec.fault {
-        Some(DownloadFault::ExtraBytes(n)) => n,
-        _ => 0,
+    let extra = match fault {
+        Some(DownloadFault::ExtraBytes(n)) => Some(bytes::Bytes::from(vec![b'x'; n as usize])),
+        _ => None,
     };
-    let fault = spec.fault;
-    let chunks = spec
-        .content
-        .chunks()
-        .chain((extra > 0).then(|| bytes::Bytes::from(vec![b'x'; extra as usize])));
-    let mut sent = 0u64;
-    let stream = futures::stream::iter(chunks).flat_map(move |chunk| {
-        let (before, limit) = (
-            sent,
-            match fault {
-                Some(DownloadFault::CloseAfter(n) | DownloadFault::StallAfter(n)) => n,
-                _ => u64::MAX,
-            },
-        );
-        sent += chunk.len() as u64;
-        let keep = (limit.saturating_sub(before) as usize).min(chunk.len());
-        let mut items: Vec<Result<bytes::Bytes, std::io::Error>> = vec![Ok(chunk.slice(..keep))];
-        if keep < chunk.len() {
-            items.push(Err(std::io::Error::other("simulated connection drop")));
+    let cut_at = match fault {
+        Some(DownloadFault::CloseAfter(n) | DownloadFault::StallAfter(n)) => n,
+        _ => u64::MAX,
+    };
+    let mut offset = 0u64;
+    let stream = futures::stream::iter(spec.content.chunks().chain(extra)).flat_map(move |chunk| {
+        let start = offset;
+        offset += chunk.len() as u64;
+        let mut items: Vec<Result<bytes::Bytes, std::io::Error>> = Vec::with_capacity(2);
+        match fault {
+            Some(DownloadFault::FlipByteAt(at)) if (start..offset).contains(&at) => {
+                let mut bytes = chunk.to_vec();
+                bytes[(at - start) as usize] ^= 0xff;
+                items.push(Ok(bytes.into()));
+            }
+            _ if offset > cut_at => {
+                items.push(Ok(chunk.slice(..(cut_at.saturating_sub(start) as usize))));
+                items.push(Err(std::io::Error::other("simulated connection drop")));
+            }
+            _ => items.push(Ok(chunk)),
         }
         futures::stream::iter(items)
     });
@@ -786,9 +790,9 @@ fn serve_file(spec: FileSpec, measured: Measured) -> Response {
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/gzip"),
     );
-    headers.insert(
-        header::CONTENT_LENGTH,
-        HeaderValue::from(measured.size + extra),
-    );
+    // A host sending extra bytes is one that does not announce a length, as with chunked encoding.
+    if !matches!(fault, Some(DownloadFault::ExtraBytes(_))) {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(measured.size));
+    }
     response
 }

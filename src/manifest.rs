@@ -1,0 +1,259 @@
+//! Exactly-once delivery, kept in the bucket itself.
+//!
+//! `manifest.json` is written last, with `If-None-Match: *`, as the commit marker: a consumer
+//! that sees it can trust every file it names, and a redelivered message that finds it copies
+//! nothing. A small marker per webhook type records that the webhook went out, so a redelivery
+//! sends only what is still owed.
+
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata};
+use aws_sdk_s3::primitives::ByteStream;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::dealmachine::Export;
+use crate::events::ExportId;
+use crate::notify::EventType;
+
+/// Manifests are small; a larger one was not written by the relay.
+const MAX_MANIFEST_BYTES: usize = 8 * 1024 * 1024;
+
+/// What a relayed export's folder holds, written after every file is in place.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// The export as the API described it when it was relayed.
+    pub export: Export,
+    pub files: Vec<ManifestFile>,
+    /// False when a check failed; `verification_error` says which.
+    pub verified: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification_error: Option<String>,
+    pub relayed_at: DateTime<Utc>,
+    pub relay_version: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestFile {
+    pub filename: String,
+    pub key: String,
+    pub size: u64,
+    pub sha256: String,
+    /// S3's full-object CRC64NVME, base64, as `HeadObject` with checksum mode reports it.
+    pub crc64nvme: String,
+    /// CSV data rows, for `.csv` and `.csv.gz` files.
+    pub rows: Option<u64>,
+}
+
+impl Manifest {
+    pub fn new(export: &Export, files: Vec<ManifestFile>) -> Self {
+        let verification_error = record_count_mismatch(export.record_count, &files);
+        Self {
+            export: export.clone(),
+            files,
+            verified: verification_error.is_none(),
+            verification_error,
+            relayed_at: Utc::now(),
+            relay_version: env!("CARGO_PKG_VERSION").to_string(),
+        }
+    }
+}
+
+/// Compares the API's `record_count` with the rows counted in the files, when both are known.
+fn record_count_mismatch(record_count: Option<u64>, files: &[ManifestFile]) -> Option<String> {
+    let expected = record_count?;
+    let counted: Option<u64> = files.iter().map(|f| f.rows).sum();
+    match counted {
+        Some(rows) if rows != expected => Some(format!(
+            "record_count mismatch: the API reports {expected} records, the files hold {rows} CSV rows"
+        )),
+        _ => None,
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("S3 {operation} on {key} failed: {message}")]
+    S3 {
+        operation: &'static str,
+        key: String,
+        message: String,
+    },
+    #[error("{key} is not a manifest this relay can read: {message}")]
+    Unreadable { key: String, message: String },
+}
+
+/// The manifests and delivery markers of one bucket and prefix.
+pub struct Ledger {
+    s3: aws_sdk_s3::Client,
+    bucket: String,
+    prefix: String,
+}
+
+impl Ledger {
+    pub fn new(s3: aws_sdk_s3::Client, bucket: String, prefix: String) -> Self {
+        Self { s3, bucket, prefix }
+    }
+
+    pub fn manifest_key(&self, id: &ExportId) -> String {
+        format!("{}{id}/manifest.json", self.prefix)
+    }
+
+    fn marker_key(&self, id: &ExportId, event: EventType) -> String {
+        format!("{}{id}/.delivered/{}.json", self.prefix, event.as_str())
+    }
+
+    /// The committed manifest, if the export was relayed before.
+    pub async fn committed(&self, id: &ExportId) -> Result<Option<Manifest>, LedgerError> {
+        let key = self.manifest_key(id);
+        let output = match self
+            .s3
+            .get_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .send()
+            .await
+        {
+            Ok(output) => output,
+            Err(e) if e.as_service_error().is_some_and(|e| e.is_no_such_key()) => return Ok(None),
+            Err(e) => return Err(s3_error("GetObject", &key, e)),
+        };
+        if output.content_length().unwrap_or_default() as usize > MAX_MANIFEST_BYTES {
+            return Err(LedgerError::Unreadable {
+                key,
+                message: "larger than 8 MiB".into(),
+            });
+        }
+        let bytes = output
+            .body
+            .collect()
+            .await
+            .map_err(|e| LedgerError::S3 {
+                operation: "GetObject",
+                key: key.clone(),
+                message: e.to_string(),
+            })?
+            .into_bytes();
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| LedgerError::Unreadable {
+                key,
+                message: e.to_string(),
+            })
+    }
+
+    /// Writes the manifest unless one exists. If another run committed first, its manifest
+    /// wins and is returned, so every run reports the same files.
+    pub async fn commit(&self, manifest: Manifest) -> Result<Manifest, LedgerError> {
+        let id = ExportId::parse(&manifest.export.export_id)
+            .expect("manifests are built from checked exports");
+        let key = self.manifest_key(&id);
+        let body = serde_json::to_vec_pretty(&manifest).expect("manifests always serialize");
+        let put = self
+            .s3
+            .put_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .content_type("application/json")
+            .if_none_match("*")
+            .body(ByteStream::from(body))
+            .send()
+            .await;
+        match put {
+            Ok(_) => Ok(manifest),
+            Err(e)
+                if matches!(
+                    e.code(),
+                    Some("PreconditionFailed" | "ConditionalRequestConflict")
+                ) =>
+            {
+                tracing::info!(
+                    key,
+                    "another run committed this export first; using its manifest"
+                );
+                self.committed(&id).await?.ok_or(LedgerError::Unreadable {
+                    key,
+                    message: "the conditional write failed, yet no manifest is there".into(),
+                })
+            }
+            Err(e) => Err(s3_error("PutObject", &key, e)),
+        }
+    }
+
+    /// True when this event's webhook was delivered before.
+    pub async fn delivered(&self, id: &ExportId, event: EventType) -> Result<bool, LedgerError> {
+        let key = self.marker_key(id, event);
+        match self
+            .s3
+            .head_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if e.as_service_error().is_some_and(|e| e.is_not_found()) => Ok(false),
+            Err(e) => Err(s3_error("HeadObject", &key, e)),
+        }
+    }
+
+    pub async fn mark_delivered(
+        &self,
+        id: &ExportId,
+        event: EventType,
+        webhook_id: &str,
+    ) -> Result<(), LedgerError> {
+        let key = self.marker_key(id, event);
+        let body = serde_json::json!({"webhook_id": webhook_id, "type": event.as_str(), "delivered_at": Utc::now()});
+        self.s3
+            .put_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .content_type("application/json")
+            .body(ByteStream::from(body.to_string().into_bytes()))
+            .send()
+            .await
+            .map_err(|e| s3_error("PutObject", &key, e))?;
+        Ok(())
+    }
+}
+
+fn s3_error<E: std::error::Error>(operation: &'static str, key: &str, e: E) -> LedgerError {
+    LedgerError::S3 {
+        operation,
+        key: key.to_string(),
+        message: DisplayErrorContext(e).to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(rows: Option<u64>) -> ManifestFile {
+        ManifestFile {
+            filename: "a.csv.gz".into(),
+            key: "p/e/a.csv.gz".into(),
+            size: 1,
+            sha256: "00".into(),
+            crc64nvme: "AAAAAAAAAAA=".into(),
+            rows,
+        }
+    }
+
+    #[test]
+    fn record_counts_are_compared_only_when_both_sides_are_known() {
+        assert_eq!(
+            record_count_mismatch(Some(5), &[file(Some(2)), file(Some(3))]),
+            None
+        );
+        assert!(
+            record_count_mismatch(Some(6), &[file(Some(2)), file(Some(3))])
+                .unwrap()
+                .contains("6 records")
+        );
+        assert_eq!(record_count_mismatch(None, &[file(Some(2))]), None);
+        assert_eq!(
+            record_count_mismatch(Some(6), &[file(Some(2)), file(None)]),
+            None
+        );
+    }
+}
