@@ -3,6 +3,7 @@
 
 mod batch;
 mod copy;
+mod delivery;
 mod helpers;
 mod outcomes;
 mod poll;
