@@ -16,6 +16,8 @@ pub const DEFAULT_PREFIX: &str = "dealmachine/exports/";
 pub const DEFAULT_DOWNLOAD_HOSTS: &str = "storage.googleapis.com";
 /// SQS refuses a `DelaySeconds` above 15 minutes.
 pub const MAX_SQS_DELAY_SECONDS: u64 = 900;
+/// S3 signs URLs for at most 7 days.
+const MAX_PRESIGN_SECONDS: u64 = 7 * 86_400;
 const MIB: usize = 1024 * 1024;
 /// S3 refuses parts under 5 MiB, except the last.
 const MIN_PART_SIZE_MIB: usize = 5;
@@ -72,6 +74,8 @@ pub struct Config {
     pub download_hosts: Vec<String>,
     pub allow_insecure_http: bool,
     pub s3_force_path_style: bool,
+    /// With a value, `export.completed` carries a presigned GET URL per file, valid this long.
+    pub presign_ttl: Option<Duration>,
     /// When true, a record count that does not match the API's fails the delivery.
     pub strict_record_count: bool,
     pub part_size: usize,
@@ -174,6 +178,10 @@ impl Config {
             allow_insecure_http,
             s3_force_path_style: env.boolean("S3_FORCE_PATH_STYLE", false)?,
             strict_record_count: env.boolean("STRICT_RECORD_COUNT", false)?,
+            presign_ttl: env
+                .optional("PRESIGN_TTL_SECONDS")
+                .map(|_| env.seconds("PRESIGN_TTL_SECONDS", 0, 1..=MAX_PRESIGN_SECONDS))
+                .transpose()?,
             part_size: env.number("PART_SIZE_MIB", 8, MIN_PART_SIZE_MIB as u64..=512)? as usize
                 * MIB,
             parts_in_flight: env.number("PARTS_IN_FLIGHT", 4, 1..=64)? as usize,
@@ -407,6 +415,8 @@ mod tests {
             ("DESTINATION_PREFIX", "a/../b"),
             ("DOWNLOAD_HOSTS", " , "),
             ("PART_SIZE_MIB", "4"),
+            ("PRESIGN_TTL_SECONDS", "604801"),
+            ("STRICT_RECORD_COUNT", "yes"),
         ];
         for (var, value) in cases {
             let err = with(&[(var, value)]).unwrap_err();

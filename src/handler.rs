@@ -113,6 +113,7 @@ pub struct Relay {
     pub(crate) prefix: String,
     pub(crate) poll: PollPolicy,
     pub(crate) strict_record_count: bool,
+    pub(crate) presign_ttl: Option<std::time::Duration>,
 }
 
 /// How an export ended, as the webhook tells it.
@@ -285,6 +286,27 @@ impl Relay {
             .await
     }
 
+    /// The webhook's view of the committed files, with presigned links when configured.
+    async fn file_refs(&self, manifest: &Manifest) -> Result<Vec<FileRef>, RelayError> {
+        let mut refs = Vec::with_capacity(manifest.files.len());
+        for file in &manifest.files {
+            let url = match self.presign_ttl {
+                Some(ttl) => Some(self.transfer.presign(&file.key, ttl).await?),
+                None => None,
+            };
+            refs.push(FileRef {
+                filename: file.filename.clone(),
+                bucket: self.transfer.bucket().to_string(),
+                key: file.key.clone(),
+                size: file.size,
+                sha256: file.sha256.clone(),
+                rows: file.rows,
+                url,
+            });
+        }
+        Ok(refs)
+    }
+
     /// Sends the webhook unless it was delivered before, then records that it was. Only exports
     /// the API showed us get a marker, so IDs it does not know leave no trace in the bucket.
     async fn notify_once(
@@ -420,9 +442,10 @@ impl Relay {
         ending: Ending<'_>,
     ) -> Result<Report, RelayError> {
         let kind = ending.kind;
-        let files = ending
-            .manifest
-            .map(|m| file_refs(self.transfer.bucket(), m));
+        let files = match ending.manifest {
+            Some(manifest) => Some(self.file_refs(manifest).await?),
+            None => None,
+        };
         match &self.notifier {
             Some(notifier) => {
                 let event = Event::new(kind, event_data(request, &ending, files.clone()));
@@ -615,21 +638,6 @@ fn event_data(
         verification_error: ending.manifest.and_then(|m| m.verification_error.clone()),
         error: ending.error.clone(),
     }
-}
-
-fn file_refs(bucket: &str, manifest: &Manifest) -> Vec<FileRef> {
-    manifest
-        .files
-        .iter()
-        .map(|f| FileRef {
-            filename: f.filename.clone(),
-            bucket: bucket.to_string(),
-            key: f.key.clone(),
-            size: f.size,
-            sha256: f.sha256.clone(),
-            rows: f.rows,
-        })
-        .collect()
 }
 
 fn to_json(value: impl Serialize) -> Value {

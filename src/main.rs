@@ -2,15 +2,16 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use export_relay::{config::Config, startup, transfer::Deadline};
+use export_relay::{startup, transfer::Deadline};
 use lambda_runtime::{Error, LambdaEvent, service_fn};
 use serde_json::Value;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     lambda_runtime::tracing::init_default_subscriber();
-    let config = Config::from_env().inspect_err(|e| tracing::error!("configuration: {e}"))?;
-    let relay = startup::build_relay(&config, &startup::aws_config().await)?;
+    let aws = startup::aws_config().await;
+    let config = startup::load_config(&aws).await.inspect_err(|e| tracing::error!("configuration: {e}"))?;
+    let relay = startup::build_relay(&config, &aws)?;
     let relay = &relay;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
         relay.handle(event.payload, deadline(&event.context)).await

@@ -139,6 +139,9 @@ pub struct FileRef {
     /// CSV data rows, for `.csv` and `.csv.gz` files.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rows: Option<u64>,
+    /// A presigned GET URL, when `PRESIGN_TTL_SECONDS` is set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

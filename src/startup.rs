@@ -2,18 +2,36 @@
 
 use aws_config::{BehaviorVersion, SdkConfig};
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::deadletter::DeadLetters;
 use crate::dealmachine::DealMachineClient;
 use crate::handler::Relay;
 use crate::manifest::Ledger;
 use crate::notify::Notifier;
 use crate::requeue::Requeuer;
+use crate::secrets::{self, SecretError};
 use crate::transfer::{Transfer, UrlPolicy};
 
 #[derive(Debug, thiserror::Error)]
-#[error("could not set up the HTTP client: {0}")]
-pub struct StartupError(#[from] reqwest::Error);
+pub enum StartupError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    #[error("could not set up the HTTP client: {0}")]
+    Http(#[from] reqwest::Error),
+}
+
+/// Reads the settings from the environment, with secrets named by ARN fetched first.
+pub async fn load_config(aws: &SdkConfig) -> Result<Config, StartupError> {
+    load_config_with(|name| std::env::var(name).ok(), aws).await
+}
+
+/// `load_config` over any lookup, so tests can pass a map.
+pub async fn load_config_with(lookup: impl Fn(&str) -> Option<String>, aws: &SdkConfig) -> Result<Config, StartupError> {
+    let secrets = secrets::fetch(&lookup, aws).await?;
+    Ok(Config::from_lookup(|name| secrets.get(name).cloned().or_else(|| lookup(name)))?)
+}
 
 /// AWS settings from the standard chain; `AWS_ENDPOINT_URL` points it at moto or LocalStack.
 pub async fn aws_config() -> SdkConfig {
@@ -60,5 +78,6 @@ pub fn build_relay(config: &Config, aws: &SdkConfig) -> Result<Relay, StartupErr
         prefix: config.prefix.clone(),
         poll: config.poll,
         strict_record_count: config.strict_record_count,
+        presign_ttl: config.presign_ttl,
     })
 }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aws_sdk_s3::error::DisplayErrorContext;
+use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{
     ChecksumAlgorithm, ChecksumType, CompletedMultipartUpload, CompletedPart, MetadataDirective,
@@ -461,6 +462,22 @@ impl Transfer {
             .await
             .map_err(|e| TransferError::s3("CopyObject", e))?;
         Ok(())
+    }
+
+    /// A GET URL for the object that works without AWS credentials until it expires (or until
+    /// the signing credentials do: a Lambda role's session lasts hours, not days).
+    pub async fn presign(&self, key: &str, ttl: Duration) -> Result<String, TransferError> {
+        let config = PresigningConfig::expires_in(ttl)
+            .map_err(|e| TransferError::S3 { operation: "presign GetObject", message: e.to_string() })?;
+        let request = self
+            .s3
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .presigned(config)
+            .await
+            .map_err(|e| TransferError::s3("presign GetObject", e))?;
+        Ok(request.uri().to_string())
     }
 
     /// Best effort: a failed abort is left to the bucket's lifecycle rule, and logged.

@@ -108,7 +108,7 @@ async fn the_lambda_binary_relays_an_sqs_batch_through_the_runtime_api() {
         .await
         .expect("the file is in S3");
     assert_eq!(sha256(&bytes), app.sim.files(&id)[0].1.sha256);
-    assert_eq!(app.receiver.received()[0].body["type"], "export.completed");
+    assert_eq!(app.webhooks()[0].body["type"], "export.completed");
     assert_eq!(
         app.receive(&app.dlq_url, Duration::from_secs(1))
             .await

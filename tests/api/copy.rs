@@ -48,7 +48,7 @@ async fn a_completed_export_with_two_files_arrives_byte_identical() {
     }
     assert_eq!(app.pending_uploads().await, 0);
 
-    let hooks = app.receiver.received();
+    let hooks = app.webhooks();
     assert_eq!(hooks.len(), 1);
     let hook = &hooks[0];
     assert!(
@@ -74,7 +74,7 @@ async fn the_webhook_is_signed_by_the_standard_webhooks_rules() {
     let id = app.completed(vec![FileSpec::csv("a.csv.gz", 3, 10)]);
     app.deliver(&[&id]).await;
 
-    let hook = &app.receiver.received()[0];
+    let hook = &app.webhooks()[0];
     assert!(hook.verified);
     assert_eq!(hook.content_type, "application/json");
     assert!(hook.user_agent.starts_with("export-relay/"));
@@ -124,7 +124,7 @@ async fn a_download_that_breaks_off_leaves_nothing_behind_and_is_retried() {
         "the multipart upload was aborted"
     );
     assert!(
-        app.receiver.received().is_empty(),
+        app.webhooks().is_empty(),
         "no webhook for a copy that did not finish"
     );
 }
@@ -142,7 +142,7 @@ async fn a_download_url_off_the_allow_list_is_refused_with_export_failed() {
     assert_eq!(report["outcome"], "failed");
     assert_eq!(report["error"]["code"], "download_url_refused");
     assert!(app.file_keys().await.is_empty());
-    let hooks = app.receiver.received();
+    let hooks = app.webhooks();
     assert_eq!(hooks[0].body["type"], "export.failed");
     assert!(
         hooks[0].body["data"]["error"]["message"]

@@ -57,7 +57,7 @@ async fn the_manifest_is_written_last_and_names_every_checked_file() {
     assert_eq!(files[0]["rows"], 60_000);
     assert_eq!(files[1]["rows"], 250);
 
-    let hook = &app.receiver.received()[0].body["data"];
+    let hook = &app.webhooks()[0].body["data"];
     assert_eq!(hook["verified"], true);
     assert_eq!(hook["files"][0]["sha256"], expected[0].1.sha256.as_str());
     assert_eq!(app.pending_uploads().await, 0);
@@ -96,7 +96,7 @@ async fn a_body_longer_than_its_size_is_refused_and_nothing_is_committed() {
     assert_eq!(app.deliver(&[&id]).await, vec!["m0"]);
 
     app.assert_nothing_stored().await;
-    assert!(app.receiver.received().is_empty());
+    assert!(app.webhooks().is_empty());
 }
 
 #[tokio::test]
@@ -143,7 +143,7 @@ async fn corrupt_gzip_is_refused_with_export_failed() {
     assert!(app.file_keys().await.is_empty());
     assert_eq!(app.pending_uploads().await, 0);
     assert_eq!(
-        app.receiver.received()[0].body["data"]["error"]["code"],
+        app.webhooks()[0].body["data"]["error"]["code"],
         "corrupt_file"
     );
 }
@@ -162,7 +162,7 @@ async fn a_record_count_mismatch_is_reported_but_committed_by_default() {
     assert_eq!(manifest["verified"], false);
     let reason = manifest["verification_error"].as_str().unwrap();
     assert!(reason.contains("999") && reason.contains("100"), "{reason}");
-    let hook = &app.receiver.received()[0].body;
+    let hook = &app.webhooks()[0].body;
     assert_eq!(hook["type"], "export.completed");
     assert_eq!(hook["data"]["verified"], false);
     assert_eq!(hook["data"]["verification_error"], reason);
@@ -186,7 +186,7 @@ async fn a_record_count_mismatch_fails_the_delivery_in_strict_mode() {
     assert_eq!(report["error"]["code"], "record_count_mismatch");
     assert!(app.manifest(&id).await.is_none(), "nothing committed");
     assert_eq!(app.pending_uploads().await, 0);
-    assert_eq!(app.receiver.received()[0].body["type"], "export.failed");
+    assert_eq!(app.webhooks()[0].body["type"], "export.failed");
 }
 
 #[tokio::test]
@@ -206,7 +206,7 @@ async fn the_same_message_twice_in_a_row_copies_and_notifies_once() {
         2,
         "each file downloaded once"
     );
-    assert_eq!(app.receiver.received().len(), 1, "one webhook");
+    assert_eq!(app.webhooks().len(), 1, "one webhook");
     assert_eq!(app.keys().await, keys, "the bucket did not change");
     assert!(keys.contains(&app.key(&id, ".delivered/export.completed.json")));
 }
@@ -232,7 +232,7 @@ async fn the_same_message_twice_at_once_ends_with_one_consistent_export() {
         assert_eq!(file["sha256"], measured.sha256.as_str());
     }
     assert_eq!(app.pending_uploads().await, 0);
-    let hooks = app.receiver.received();
+    let hooks = app.webhooks();
     assert!(
         (1..=2).contains(&hooks.len()),
         "at most the webhooks needed, got {}",
@@ -272,7 +272,7 @@ async fn a_webhook_that_failed_is_sent_on_redelivery_without_copying_again() {
         1,
         "not copied again"
     );
-    let hooks = app.receiver.received();
+    let hooks = app.webhooks();
     assert_eq!(
         hooks.iter().map(|h| h.answered).collect::<Vec<_>>(),
         vec![500, 200]
@@ -300,7 +300,7 @@ async fn an_invocation_near_its_deadline_stops_cleanly_and_leaves_the_record_to_
 
     assert_eq!(failures, vec!["m0"]);
     app.assert_nothing_stored().await;
-    assert!(app.receiver.received().is_empty());
+    assert!(app.webhooks().is_empty());
 }
 
 #[tokio::test]

@@ -238,6 +238,15 @@ impl TestApp {
         listed.uploads().len()
     }
 
+    /// Every webhook received so far, each checked against the published JSON Schema.
+    pub fn webhooks(&self) -> Vec<dealmachine_sim::Received> {
+        let received = self.receiver.received();
+        for hook in &received {
+            assert_valid_event(&hook.body);
+        }
+        received
+    }
+
     /// Reads and parses an export's committed manifest.
     pub async fn manifest(&self, export_id: &str) -> Option<Value> {
         let (bytes, _) = self.object(&self.key(export_id, "manifest.json")).await?;
@@ -310,6 +319,16 @@ impl TestApp {
             .parse()
             .unwrap()
     }
+}
+
+/// Fails the test unless `body` matches `schemas/webhook-event.schema.json`.
+pub fn assert_valid_event(body: &Value) {
+    static SCHEMA: std::sync::LazyLock<jsonschema::Validator> = std::sync::LazyLock::new(|| {
+        let schema: Value = serde_json::from_str(include_str!("../../schemas/webhook-event.schema.json")).unwrap();
+        jsonschema::options().should_validate_formats(true).build(&schema).expect("the schema is valid")
+    });
+    let errors: Vec<String> = SCHEMA.iter_errors(body).map(|e| format!("{} at {}", e, e.instance_path())).collect();
+    assert!(errors.is_empty(), "webhook body does not match the schema: {errors:#?}\n{body:#}");
 }
 
 pub fn sha256(bytes: &[u8]) -> String {

@@ -8,3 +8,4 @@ mod helpers;
 mod outcomes;
 mod poll;
 mod schedule;
+mod webhook;

@@ -17,7 +17,7 @@ async fn a_failed_export_gives_export_failed() {
         .await;
 
     assert!(failures.is_empty());
-    let hooks = app.receiver.received();
+    let hooks = app.webhooks();
     assert_eq!(hooks.len(), 1);
     assert!(hooks[0].verified);
     let body = &hooks[0].body;
@@ -40,7 +40,7 @@ async fn a_completed_export_past_its_expiry_gives_export_expired() {
     let report = app.invoke(json!({"export_id": id})).await;
 
     assert_eq!(report["outcome"], "expired");
-    assert_eq!(app.receiver.received()[0].body["type"], "export.expired");
+    assert_eq!(app.webhooks()[0].body["type"], "export.expired");
     assert!(app.file_keys().await.is_empty());
 }
 
@@ -56,7 +56,7 @@ async fn a_download_refused_by_the_file_host_gives_export_expired() {
     let report = app.invoke(json!({"export_id": id})).await;
 
     assert_eq!(report["outcome"], "expired");
-    let hook = &app.receiver.received()[0].body;
+    let hook = &app.webhooks()[0].body;
     assert_eq!(hook["type"], "export.expired");
     assert_eq!(hook["data"]["error"]["code"], "download_link_expired");
 }
@@ -69,7 +69,7 @@ async fn a_webhook_that_fails_fails_the_record_so_sqs_retries_it() {
 
     assert_eq!(app.deliver(&[&id]).await, vec!["m0"]);
     assert_eq!(
-        app.receiver.received().len(),
+        app.webhooks().len(),
         1,
         "500 is not retried inside the invocation"
     );
@@ -77,7 +77,7 @@ async fn a_webhook_that_fails_fails_the_record_so_sqs_retries_it() {
     app.receiver.answer_next(&[503, 503, 503]);
     assert_eq!(app.deliver(&[&id]).await, vec!["m0"]);
     assert_eq!(
-        app.receiver.received().len(),
+        app.webhooks().len(),
         4,
         "503 gets two quick retries"
     );

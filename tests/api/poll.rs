@@ -37,7 +37,7 @@ async fn a_processing_export_is_requeued_with_the_delay_attempt_and_body() {
         .expect("first_seen_at is set");
     chrono::DateTime::parse_from_rfc3339(first_seen).expect("RFC 3339");
     assert!(
-        app.receiver.received().is_empty(),
+        app.webhooks().is_empty(),
         "no webhook while running"
     );
 
@@ -68,7 +68,7 @@ async fn polling_stops_with_export_timed_out_after_the_timeout() {
 
     assert_eq!(report["outcome"], "timed_out");
     assert_eq!(app.delayed_count().await, 0, "not requeued");
-    let hooks = app.receiver.received();
+    let hooks = app.webhooks();
     assert_eq!(hooks[0].body["type"], "export.timed_out");
     assert_eq!(hooks[0].body["data"]["error"]["code"], "poll_timeout");
 }

@@ -10,4 +10,4 @@ pub use api::{
     ApiFault, DownloadFault, ExportSpec, FileSpec, Lifecycle, SimOptions, Simulator, Status,
 };
 pub use content::CsvGz;
-pub use receiver::{Received, Receiver};
+pub use receiver::{Answer, Received, Receiver};

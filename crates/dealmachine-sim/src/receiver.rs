@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Serialize;
@@ -25,15 +26,26 @@ pub struct Received {
     pub raw: String,
     /// True when the signature verified against the receiver's secret.
     pub verified: bool,
-    /// The status the receiver answered with.
+    /// The status the receiver answered with; 0 when it never answered.
     pub answered: u16,
 }
 
 #[derive(Default)]
 struct Inner {
     received: Vec<Received>,
-    /// Statuses to answer with, one per request, before answering 200.
-    script: VecDeque<u16>,
+    /// Answers to give, one per request, before answering 200 again.
+    script: VecDeque<Answer>,
+}
+
+/// How the receiver answers one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// This status; a 429 comes with `Retry-After: 1`.
+    Status(u16),
+    /// Never answer, as a stalled endpoint.
+    Stall,
+    /// 200 with a body of this many bytes.
+    Huge(usize),
 }
 
 #[derive(Clone)]
@@ -74,24 +86,24 @@ impl Receiver {
 
     /// Answers the next requests with these statuses, then with 200 again.
     pub fn answer_next(&self, statuses: &[u16]) {
-        self.inner.lock().unwrap().script.extend(statuses);
+        self.script(&statuses.iter().map(|s| Answer::Status(*s)).collect::<Vec<_>>());
+    }
+
+    /// Answers the next requests these ways, then with 200 again.
+    pub fn script(&self, answers: &[Answer]) {
+        self.inner.lock().unwrap().script.extend(answers);
     }
 }
 
-async fn receive(State(receiver): State<Receiver>, headers: HeaderMap, body: Bytes) -> StatusCode {
-    let header = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_string()
-    };
+async fn receive(State(receiver): State<Receiver>, headers: HeaderMap, body: Bytes) -> Response {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
     let verified = receiver.verifier.verify(&body, &headers).is_ok();
-    let mut inner = receiver.inner.lock().unwrap();
-    let answered = inner
-        .script
-        .pop_front()
-        .unwrap_or(if verified { 200 } else { 401 });
+    let answer = receiver.inner.lock().unwrap().script.pop_front().unwrap_or(Answer::Status(if verified { 200 } else { 401 }));
+    let answered = match answer {
+        Answer::Status(status) => status,
+        Answer::Stall => 0,
+        Answer::Huge(_) => 200,
+    };
     let parsed: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     if !receiver.quiet {
         println!(
@@ -102,7 +114,7 @@ async fn receive(State(receiver): State<Receiver>, headers: HeaderMap, body: Byt
             if verified { "verified" } else { "INVALID" },
         );
     }
-    inner.received.push(Received {
+    receiver.inner.lock().unwrap().received.push(Received {
         webhook_id: header("webhook-id"),
         timestamp: header("webhook-timestamp"),
         signature: header("webhook-signature"),
@@ -113,7 +125,12 @@ async fn receive(State(receiver): State<Receiver>, headers: HeaderMap, body: Byt
         verified,
         answered,
     });
-    StatusCode::from_u16(answered).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    match answer {
+        Answer::Stall => std::future::pending().await,
+        Answer::Huge(size) => (StatusCode::OK, vec![b'x'; size]).into_response(),
+        Answer::Status(429) => (StatusCode::TOO_MANY_REQUESTS, [(header::RETRY_AFTER, "1")]).into_response(),
+        Answer::Status(status) => StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR).into_response(),
+    }
 }
 
 async fn list(State(receiver): State<Receiver>) -> Json<Vec<Received>> {
