@@ -10,7 +10,9 @@ use serde_json::Value;
 async fn main() -> Result<(), Error> {
     lambda_runtime::tracing::init_default_subscriber();
     let aws = startup::aws_config().await;
-    let config = startup::load_config(&aws).await.inspect_err(|e| tracing::error!("configuration: {e}"))?;
+    let config = startup::load_config(&aws)
+        .await
+        .inspect_err(|e| tracing::error!("configuration: {e}"))?;
     let relay = startup::build_relay(&config, &aws)?;
     let relay = &relay;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {

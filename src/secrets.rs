@@ -15,10 +15,19 @@ pub const SECRET_SETTINGS: [(&str, &str); 2] = [
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
     #[error("{arn_var} and {value_var} are both set: set only one of them")]
-    Both { arn_var: &'static str, value_var: &'static str },
+    Both {
+        arn_var: &'static str,
+        value_var: &'static str,
+    },
     #[error("{arn_var}: could not read secret {arn}: {message}")]
-    Fetch { arn_var: &'static str, arn: String, message: String },
-    #[error("{arn_var}: secret {arn} has no text value (SecretString); store the value as plain text")]
+    Fetch {
+        arn_var: &'static str,
+        arn: String,
+        message: String,
+    },
+    #[error(
+        "{arn_var}: secret {arn} has no text value (SecretString); store the value as plain text"
+    )]
     NotText { arn_var: &'static str, arn: String },
 }
 
@@ -41,8 +50,14 @@ pub async fn fetch(
             .secret_id(&arn)
             .send()
             .await
-            .map_err(|e| SecretError::Fetch { arn_var, arn: arn.clone(), message: DisplayErrorContext(e).to_string() })?;
-        let value = output.secret_string.ok_or(SecretError::NotText { arn_var, arn })?;
+            .map_err(|e| SecretError::Fetch {
+                arn_var,
+                arn: arn.clone(),
+                message: DisplayErrorContext(e).to_string(),
+            })?;
+        let value = output
+            .secret_string
+            .ok_or(SecretError::NotText { arn_var, arn })?;
         values.insert(value_var, value.trim().to_string());
     }
     Ok(values)

@@ -28,9 +28,14 @@ pub async fn load_config(aws: &SdkConfig) -> Result<Config, StartupError> {
 }
 
 /// `load_config` over any lookup, so tests can pass a map.
-pub async fn load_config_with(lookup: impl Fn(&str) -> Option<String>, aws: &SdkConfig) -> Result<Config, StartupError> {
+pub async fn load_config_with(
+    lookup: impl Fn(&str) -> Option<String>,
+    aws: &SdkConfig,
+) -> Result<Config, StartupError> {
     let secrets = secrets::fetch(&lookup, aws).await?;
-    Ok(Config::from_lookup(|name| secrets.get(name).cloned().or_else(|| lookup(name)))?)
+    Ok(Config::from_lookup(|name| {
+        secrets.get(name).cloned().or_else(|| lookup(name))
+    })?)
 }
 
 /// AWS settings from the standard chain; `AWS_ENDPOINT_URL` points it at moto or LocalStack.

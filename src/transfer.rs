@@ -467,8 +467,10 @@ impl Transfer {
     /// A GET URL for the object that works without AWS credentials until it expires (or until
     /// the signing credentials do: a Lambda role's session lasts hours, not days).
     pub async fn presign(&self, key: &str, ttl: Duration) -> Result<String, TransferError> {
-        let config = PresigningConfig::expires_in(ttl)
-            .map_err(|e| TransferError::S3 { operation: "presign GetObject", message: e.to_string() })?;
+        let config = PresigningConfig::expires_in(ttl).map_err(|e| TransferError::S3 {
+            operation: "presign GetObject",
+            message: e.to_string(),
+        })?;
         let request = self
             .s3
             .get_object()

@@ -324,11 +324,21 @@ impl TestApp {
 /// Fails the test unless `body` matches `schemas/webhook-event.schema.json`.
 pub fn assert_valid_event(body: &Value) {
     static SCHEMA: std::sync::LazyLock<jsonschema::Validator> = std::sync::LazyLock::new(|| {
-        let schema: Value = serde_json::from_str(include_str!("../../schemas/webhook-event.schema.json")).unwrap();
-        jsonschema::options().should_validate_formats(true).build(&schema).expect("the schema is valid")
+        let schema: Value =
+            serde_json::from_str(include_str!("../../schemas/webhook-event.schema.json")).unwrap();
+        jsonschema::options()
+            .should_validate_formats(true)
+            .build(&schema)
+            .expect("the schema is valid")
     });
-    let errors: Vec<String> = SCHEMA.iter_errors(body).map(|e| format!("{} at {}", e, e.instance_path())).collect();
-    assert!(errors.is_empty(), "webhook body does not match the schema: {errors:#?}\n{body:#}");
+    let errors: Vec<String> = SCHEMA
+        .iter_errors(body)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "webhook body does not match the schema: {errors:#?}\n{body:#}"
+    );
 }
 
 pub fn sha256(bytes: &[u8]) -> String {

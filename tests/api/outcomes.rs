@@ -76,11 +76,7 @@ async fn a_webhook_that_fails_fails_the_record_so_sqs_retries_it() {
 
     app.receiver.answer_next(&[503, 503, 503]);
     assert_eq!(app.deliver(&[&id]).await, vec!["m0"]);
-    assert_eq!(
-        app.webhooks().len(),
-        4,
-        "503 gets two quick retries"
-    );
+    assert_eq!(app.webhooks().len(), 4, "503 gets two quick retries");
 
     assert!(
         app.deliver(&[&id]).await.is_empty(),

@@ -36,10 +36,7 @@ async fn a_processing_export_is_requeued_with_the_delay_attempt_and_body() {
         .as_str()
         .expect("first_seen_at is set");
     chrono::DateTime::parse_from_rfc3339(first_seen).expect("RFC 3339");
-    assert!(
-        app.webhooks().is_empty(),
-        "no webhook while running"
-    );
+    assert!(app.webhooks().is_empty(), "no webhook while running");
 
     // The next poll keeps first_seen_at and doubles the delay.
     let report = app

@@ -86,7 +86,12 @@ impl Receiver {
 
     /// Answers the next requests with these statuses, then with 200 again.
     pub fn answer_next(&self, statuses: &[u16]) {
-        self.script(&statuses.iter().map(|s| Answer::Status(*s)).collect::<Vec<_>>());
+        self.script(
+            &statuses
+                .iter()
+                .map(|s| Answer::Status(*s))
+                .collect::<Vec<_>>(),
+        );
     }
 
     /// Answers the next requests these ways, then with 200 again.
@@ -96,9 +101,21 @@ impl Receiver {
 }
 
 async fn receive(State(receiver): State<Receiver>, headers: HeaderMap, body: Bytes) -> Response {
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string()
+    };
     let verified = receiver.verifier.verify(&body, &headers).is_ok();
-    let answer = receiver.inner.lock().unwrap().script.pop_front().unwrap_or(Answer::Status(if verified { 200 } else { 401 }));
+    let answer = receiver
+        .inner
+        .lock()
+        .unwrap()
+        .script
+        .pop_front()
+        .unwrap_or(Answer::Status(if verified { 200 } else { 401 }));
     let answered = match answer {
         Answer::Status(status) => status,
         Answer::Stall => 0,
@@ -128,8 +145,12 @@ async fn receive(State(receiver): State<Receiver>, headers: HeaderMap, body: Byt
     match answer {
         Answer::Stall => std::future::pending().await,
         Answer::Huge(size) => (StatusCode::OK, vec![b'x'; size]).into_response(),
-        Answer::Status(429) => (StatusCode::TOO_MANY_REQUESTS, [(header::RETRY_AFTER, "1")]).into_response(),
-        Answer::Status(status) => StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR).into_response(),
+        Answer::Status(429) => {
+            (StatusCode::TOO_MANY_REQUESTS, [(header::RETRY_AFTER, "1")]).into_response()
+        }
+        Answer::Status(status) => StatusCode::from_u16(status)
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            .into_response(),
     }
 }
 
