@@ -1,7 +1,5 @@
 //! The Lambda binary: read settings, build the relay, serve events.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
 use export_relay::{startup, transfer::Deadline};
 use lambda_runtime::{Error, LambdaEvent, service_fn};
 use serde_json::Value;
@@ -16,16 +14,9 @@ async fn main() -> Result<(), Error> {
     let relay = startup::build_relay(&config, &aws)?;
     let relay = &relay;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
-        relay.handle(event.payload, deadline(&event.context)).await
+        relay
+            .handle(event.payload, Deadline::from_lambda(event.context.deadline))
+            .await
     }))
     .await
-}
-
-/// Lambda gives the deadline as epoch milliseconds; the relay plans with a monotonic clock.
-fn deadline(context: &lambda_runtime::Context) -> Deadline {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    let left = Duration::from_millis(context.deadline).saturating_sub(now);
-    Deadline::at(Instant::now() + left)
 }

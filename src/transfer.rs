@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use aws_sdk_s3::error::DisplayErrorContext;
 use aws_sdk_s3::presigning::PresigningConfig;
@@ -156,6 +156,22 @@ impl Deadline {
 
     pub fn at(instant: Instant) -> Self {
         Self(Some(instant))
+    }
+
+    /// From Lambda's `Lambda-Runtime-Deadline-Ms`: epoch milliseconds. Some emulators send a
+    /// bare duration instead (cargo-lambda sends `600000`); a value too small to be a date this
+    /// century is read that way.
+    pub fn from_lambda(deadline_ms: u64) -> Self {
+        const YEAR_2001_MS: u64 = 978_307_200_000;
+        let left = if deadline_ms < YEAR_2001_MS {
+            Duration::from_millis(deadline_ms)
+        } else {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default();
+            Duration::from_millis(deadline_ms).saturating_sub(now)
+        };
+        Self::at(Instant::now() + left)
     }
 
     /// Fails if `remaining` bytes, at `rate` bytes a second so far, would not arrive in time.
@@ -738,6 +754,25 @@ mod tests {
                 got: 8
             })
         ));
+    }
+
+    #[test]
+    fn lambda_deadlines_are_epoch_millis_or_a_bare_duration() {
+        let left = |d: Deadline| {
+            d.0.unwrap()
+                .saturating_duration_since(Instant::now())
+                .as_secs()
+        };
+        let in_a_minute =
+            SystemTime::now().duration_since(UNIX_EPOCH).unwrap() + Duration::from_secs(60);
+        assert!((58..=60).contains(&left(Deadline::from_lambda(in_a_minute.as_millis() as u64))));
+        assert!((598..=600).contains(&left(Deadline::from_lambda(600_000))));
+        assert!(
+            Deadline::from_lambda(1_000_000_000_000)
+                .check(0, None)
+                .is_err(),
+            "a deadline in the past"
+        );
     }
 
     #[test]

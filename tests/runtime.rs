@@ -55,6 +55,8 @@ async fn start_function(env: &[(&'static str, String)]) -> (Running, Running, u1
             "lambda",
             "watch",
             "--only-lambda-apis",
+            "--timeout",
+            "300",
             "-A",
             "127.0.0.1",
             "-P",
@@ -77,7 +79,13 @@ async fn start_function(env: &[(&'static str, String)]) -> (Running, Running, u1
         .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
         .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "512")
         .env("AWS_LAMBDA_LOG_FORMAT", "JSON")
-        .stdout(Stdio::null())
+        .stdout(
+            std::fs::File::create(concat!(
+                env!("CARGO_TARGET_TMPDIR"),
+                "/runtime-function.log"
+            ))
+            .unwrap(),
+        )
         .spawn()
         .expect("the bootstrap binary starts");
     (emulator, Running(function), port)
