@@ -74,6 +74,8 @@ pub struct Config {
     pub download_hosts: Vec<String>,
     pub allow_insecure_http: bool,
     pub s3_force_path_style: bool,
+    /// The CloudWatch namespace of the embedded metrics.
+    pub metrics_namespace: String,
     /// With a value, `export.completed` carries a presigned GET URL per file, valid this long.
     pub presign_ttl: Option<Duration>,
     /// When true, a record count that does not match the API's fails the delivery.
@@ -178,6 +180,9 @@ impl Config {
             allow_insecure_http,
             s3_force_path_style: env.boolean("S3_FORCE_PATH_STYLE", false)?,
             strict_record_count: env.boolean("STRICT_RECORD_COUNT", false)?,
+            metrics_namespace: env
+                .optional("METRICS_NAMESPACE")
+                .unwrap_or_else(|| crate::metrics::DEFAULT_NAMESPACE.into()),
             presign_ttl: env
                 .optional("PRESIGN_TTL_SECONDS")
                 .map(|_| env.seconds("PRESIGN_TTL_SECONDS", 0, 1..=MAX_PRESIGN_SECONDS))

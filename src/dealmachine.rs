@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use reqwest::StatusCode;
 use serde::{Deserialize, Serialize};
@@ -69,8 +70,27 @@ impl Export {
 #[derive(Debug)]
 pub struct Fetched {
     pub export: Export,
+    pub rate: RateInfo,
+}
+
+/// What an answer said about the organization's rate limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RateInfo {
     /// Set when the API asked us to slow down on the way; the next poll waits at least this.
     pub throttled_for: Option<Duration>,
+    /// 429 answers on the way.
+    pub rate_limited: usize,
+    /// `X-RateLimit-Remaining`: requests left this minute.
+    pub remaining: Option<u64>,
+    /// `X-RateLimit-Remaining-Day`: requests left today.
+    pub remaining_today: Option<u64>,
+}
+
+/// One page of the export list.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page {
+    pub exports: Vec<Export>,
+    pub has_more: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -83,11 +103,8 @@ pub enum ApiError {
     Forbidden(ApiMessage),
     #[error("the API key was refused (401): set a valid key in DEALMACHINE_API_KEY [{0}]")]
     Unauthorized(ApiMessage),
-    #[error("rate limited by the DealMachine API (429), retry after {retry_after:?} [{message}]")]
-    RateLimited {
-        retry_after: Option<Duration>,
-        message: ApiMessage,
-    },
+    #[error("rate limited by the DealMachine API (429), retry after {:?} [{message}]", rate.throttled_for)]
+    RateLimited { rate: RateInfo, message: ApiMessage },
     #[error("the DealMachine API answered {status} [{message}]")]
     Status {
         status: StatusCode,
@@ -168,24 +185,7 @@ impl DealMachineClient {
     }
 
     pub async fn get_export(&self, id: &ExportId) -> Result<Fetched, ApiError> {
-        let url = self.url(&["exports", id.as_str()]);
-        let sent = http::send_with_retry(&self.retry, is_transient, || {
-            self.http.get(url.clone()).bearer_auth(self.key.expose())
-        })
-        .await
-        .map_err(|e| ApiError::Transport(e.without_url()))?;
-        let throttled_for = sent.throttled_for;
-        let response = sent.response;
-        let status = response.status();
-        let body = http::read_capped(response, MAX_BODY_BYTES)
-            .await
-            .map_err(|e| match e {
-                BodyError::Read(e) => ApiError::Transport(e.without_url()),
-                too_large => ApiError::InvalidResponse(too_large.to_string()),
-            })?;
-        if !status.is_success() {
-            return Err(error_for(status, &body, throttled_for));
-        }
+        let (body, rate) = self.get(&["exports", id.as_str()], &[]).await?;
         let export = parse_export(&body)?;
         if export.export_id != id.as_str() {
             return Err(ApiError::InvalidResponse(format!(
@@ -193,10 +193,58 @@ impl DealMachineClient {
                 export.export_id
             )));
         }
-        Ok(Fetched {
-            export,
-            throttled_for,
+        Ok(Fetched { export, rate })
+    }
+
+    /// One page of `GET /exports`, newest first.
+    pub async fn list_exports(
+        &self,
+        status: ExportStatus,
+        limit: u32,
+        offset: u32,
+    ) -> Result<(Page, RateInfo), ApiError> {
+        let status = serde_json::to_value(status).expect("statuses serialize");
+        let query = [
+            ("status", status.as_str().unwrap_or_default().to_string()),
+            ("limit", limit.to_string()),
+            ("offset", offset.to_string()),
+        ];
+        let (body, rate) = self.get(&["exports"], &query).await?;
+        Ok((parse_page(&body)?, rate))
+    }
+
+    /// A `GET` with the key, short retries, a size cap, and DealMachine's error shape read.
+    async fn get(
+        &self,
+        segments: &[&str],
+        query: &[(&str, String)],
+    ) -> Result<(Bytes, RateInfo), ApiError> {
+        let mut url = self.url(segments);
+        if !query.is_empty() {
+            url.query_pairs_mut().extend_pairs(query);
+        }
+        let sent = http::send_with_retry(&self.retry, is_transient, || {
+            self.http.get(url.clone()).bearer_auth(self.key.expose())
         })
+        .await
+        .map_err(|e| ApiError::Transport(e.without_url()))?;
+        let rate = RateInfo {
+            throttled_for: sent.throttled_for,
+            rate_limited: sent.rate_limited,
+            remaining: header_number(&sent.response, "x-ratelimit-remaining"),
+            remaining_today: header_number(&sent.response, "x-ratelimit-remaining-day"),
+        };
+        let status = sent.response.status();
+        let body = http::read_capped(sent.response, MAX_BODY_BYTES)
+            .await
+            .map_err(|e| match e {
+                BodyError::Read(e) => ApiError::Transport(e.without_url()),
+                too_large => ApiError::InvalidResponse(too_large.to_string()),
+            })?;
+        if !status.is_success() {
+            return Err(error_for(status, &body, rate));
+        }
+        Ok((body, rate))
     }
 
     fn url(&self, segments: &[&str]) -> Url {
@@ -211,6 +259,36 @@ impl DealMachineClient {
 
 fn is_transient(status: StatusCode) -> bool {
     status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error()
+}
+
+fn header_number(response: &reqwest::Response, name: &str) -> Option<u64> {
+    response
+        .headers()
+        .get(name)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Parses `{"data": [...], "pagination": {"has_more"}}`.
+pub fn parse_page(body: &[u8]) -> Result<Page, ApiError> {
+    #[derive(Deserialize)]
+    struct Pagination {
+        has_more: bool,
+    }
+    #[derive(Deserialize)]
+    struct Envelope {
+        data: Vec<Export>,
+        pagination: Pagination,
+    }
+    let page: Envelope = serde_json::from_slice(body)
+        .map_err(|e| ApiError::InvalidResponse(format!("{e} (body starts {:?})", excerpt(body))))?;
+    Ok(Page {
+        exports: page.data,
+        has_more: page.pagination.has_more,
+    })
 }
 
 /// Parses `{"data": {...}}` into an export, with an error that says what was wrong.
@@ -232,7 +310,7 @@ pub fn parse_export(body: &[u8]) -> Result<Export, ApiError> {
     Ok(export)
 }
 
-fn error_for(status: StatusCode, body: &[u8], throttled_for: Option<Duration>) -> ApiError {
+fn error_for(status: StatusCode, body: &[u8], rate: RateInfo) -> ApiError {
     #[derive(Deserialize)]
     struct Envelope {
         error: ApiMessage,
@@ -247,10 +325,7 @@ fn error_for(status: StatusCode, body: &[u8], throttled_for: Option<Duration>) -
         StatusCode::NOT_FOUND => ApiError::NotFound(message),
         StatusCode::FORBIDDEN => ApiError::Forbidden(message),
         StatusCode::UNAUTHORIZED => ApiError::Unauthorized(message),
-        StatusCode::TOO_MANY_REQUESTS => ApiError::RateLimited {
-            retry_after: throttled_for,
-            message,
-        },
+        StatusCode::TOO_MANY_REQUESTS => ApiError::RateLimited { rate, message },
         status => ApiError::Status { status, message },
     }
 }
@@ -312,12 +387,12 @@ mod tests {
     #[test]
     fn error_bodies_keep_the_request_id() {
         let body = br#"{"error": {"code": "not_found", "message": "Export not found", "request_id": "req_1", "details": {}}}"#;
-        let err = error_for(StatusCode::NOT_FOUND, body, None);
+        let err = error_for(StatusCode::NOT_FOUND, body, RateInfo::default());
         assert!(err.is_permanent() && err.is_unreadable_export());
         assert!(err.to_string().contains("request_id=req_1"), "{err}");
-        let err = error_for(StatusCode::BAD_GATEWAY, b"<html>", None);
+        let err = error_for(StatusCode::BAD_GATEWAY, b"<html>", RateInfo::default());
         assert!(!err.is_permanent());
-        assert!(error_for(StatusCode::UNAUTHORIZED, b"", None).is_permanent());
+        assert!(error_for(StatusCode::UNAUTHORIZED, b"", RateInfo::default()).is_permanent());
     }
 
     #[test]

@@ -15,6 +15,7 @@ use crate::deadletter::DeadLetters;
 use crate::dealmachine::{ApiError, DealMachineClient, Export, ExportStatus};
 use crate::events::{EventError, ExportId, ExportRequest, Invocation};
 use crate::manifest::{Ledger, LedgerError, Manifest, ManifestFile};
+use crate::metrics::Metrics;
 use crate::notify::{
     Delivery, ErrorInfo, Event, EventData, EventType, FileRef, Notifier, NotifyError,
 };
@@ -33,6 +34,18 @@ pub enum Outcome {
     Failed,
     Expired,
     TimedOut,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Completed => "completed",
+            Self::Requeued => "requeued",
+            Self::Failed => "failed",
+            Self::Expired => "expired",
+            Self::TimedOut => "timed_out",
+        }
+    }
 }
 
 /// The result of relaying one export; also the response to a direct invoke.
@@ -114,6 +127,7 @@ pub struct Relay {
     pub(crate) poll: PollPolicy,
     pub(crate) strict_record_count: bool,
     pub(crate) presign_ttl: Option<std::time::Duration>,
+    pub(crate) metrics: Metrics,
 }
 
 /// How an export ended, as the webhook tells it.
@@ -182,8 +196,9 @@ impl Relay {
     ) -> Result<Report, RelayError> {
         let fetched = match self.api.get_export(&request.export_id).await {
             Ok(fetched) => fetched,
-            Err(ApiError::RateLimited { retry_after, .. }) => {
-                return self.poll_later(request, retry_after).await;
+            Err(ApiError::RateLimited { rate, .. }) => {
+                self.metrics.api_answer(rate.rate_limited, rate.remaining);
+                return self.poll_later(request, rate.throttled_for).await;
             }
             Err(e) if e.is_unreadable_export() => {
                 let error = RelayError::from(e);
@@ -193,6 +208,8 @@ impl Relay {
             }
             Err(e) => return Err(e.into()),
         };
+        self.metrics
+            .api_answer(fetched.rate.rate_limited, fetched.rate.remaining);
         let export = &fetched.export;
         info!(status = ?export.status, progress = export.progress, stage = export.progress_stage.as_deref(), "status fetched");
         match export.status {
@@ -214,7 +231,7 @@ impl Relay {
                 .await
             }
             ExportStatus::Pending | ExportStatus::Processing => {
-                self.poll_later(request, fetched.throttled_for).await
+                self.poll_later(request, fetched.rate.throttled_for).await
             }
             ExportStatus::Failed => {
                 let stage = export.progress_stage.as_deref().unwrap_or("unknown");
@@ -323,7 +340,14 @@ impl Relay {
             );
             return Ok(());
         }
-        match notifier.send(event).await? {
+        let sent = notifier.send(event).await;
+        let tries = match &sent {
+            Ok(Delivery::Delivered { tries }) => *tries,
+            Ok(Delivery::Gone) => 1,
+            Err(e) => e.tries().unwrap_or(1),
+        };
+        self.metrics.webhook(tries, sent.is_err());
+        match sent? {
             Delivery::Delivered { tries } => {
                 info!(event = event.kind.as_str(), webhook_id = %event.webhook_id(), tries, "webhook delivered")
             }
@@ -381,6 +405,7 @@ impl Relay {
             delay_seconds = delay.as_secs(),
             "requeued"
         );
+        self.metrics.outcome(Outcome::Requeued.as_str());
         Ok(Report {
             next_attempt: Some(next.attempt),
             delay_seconds: Some(delay.as_secs()),
@@ -423,6 +448,7 @@ impl Relay {
                 sha256 = %done.inspection.sha256, rows = done.inspection.rows,
                 "file copied"
             );
+            self.metrics.file_copied(done.size, seconds);
             copied.push(ManifestFile {
                 filename: file.filename.clone(),
                 key: done.key,
@@ -468,6 +494,14 @@ impl Relay {
             EventType::Expired => Outcome::Expired,
             EventType::TimedOut => Outcome::TimedOut,
         };
+        self.metrics.outcome(outcome.as_str());
+        if outcome == Outcome::Completed {
+            let age = ending
+                .export
+                .and_then(|e| e.created_at)
+                .map(|at| (Utc::now() - at).as_seconds_f64());
+            self.metrics.completed(request.attempt, age);
+        }
         match &ending.error {
             Some(e) => {
                 warn!(outcome = ?outcome, code = %e.code, reason = %e.message, "export finished without files")
@@ -511,6 +545,7 @@ impl Relay {
                 let span = tracing::Span::current();
                 span.record("export_id", request.export_id.as_str());
                 span.record("attempt", request.attempt);
+                info!("received");
                 self.relay(&request, deadline).await
             }
             Err(e) => Err(e.into()),
@@ -538,6 +573,7 @@ impl Relay {
         {
             Ok(()) => {
                 tracing::error!(code = error.code(), error = %error, "record can never succeed; sent to the dead-letter queue");
+                self.metrics.outcome("dlq");
                 true
             }
             Err(e) => {
@@ -586,6 +622,7 @@ impl Relay {
         request: ExportRequest,
         deadline: Deadline,
     ) -> Result<Report, RelayError> {
+        info!("received");
         match self.relay(&request, deadline).await {
             Err(e) if e.is_permanent() => Ok(Report {
                 error: Some(e.info()),

@@ -19,6 +19,8 @@ pub struct Sent {
     pub throttled_for: Option<Duration>,
     /// Tries made, counting the first.
     pub tries: usize,
+    /// Answers that were 429 Too Many Requests.
+    pub rate_limited: usize,
 }
 
 enum Failure {
@@ -43,6 +45,7 @@ pub async fn send_with_retry(
         .with_jitter();
     let mut throttled_for: Option<Duration> = None;
     let mut tries = 0;
+    let mut rate_limited = 0;
     let outcome = (|| {
         tries += 1;
         let request = make();
@@ -63,6 +66,7 @@ pub async fn send_with_retry(
         let Failure::Status(response) = failure else {
             return planned;
         };
+        rate_limited += usize::from(response.status() == StatusCode::TOO_MANY_REQUESTS);
         let Some(wait) = retry_after(response) else {
             return planned;
         };
@@ -79,6 +83,7 @@ pub async fn send_with_retry(
             response,
             throttled_for,
             tries,
+            rate_limited,
         }),
         Err(Failure::Transport(e)) => Err(e),
     }

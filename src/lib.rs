@@ -10,6 +10,7 @@ pub mod handler;
 pub mod http;
 pub mod integrity;
 pub mod manifest;
+pub mod metrics;
 pub mod notify;
 pub mod requeue;
 pub mod secrets;

@@ -13,6 +13,12 @@ async fn main() -> Result<(), Error> {
         .inspect_err(|e| tracing::error!("configuration: {e}"))?;
     let relay = startup::build_relay(&config, &aws)?;
     let relay = &relay;
+    // On SIGTERM, say so and flush, so the last log and metric lines are not lost.
+    lambda_runtime::spawn_graceful_shutdown_handler(|| async {
+        tracing::info!("shutting down");
+        let _ = std::io::Write::flush(&mut std::io::stdout());
+    })
+    .await;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
         relay
             .handle(event.payload, Deadline::from_lambda(event.context.deadline))

@@ -181,6 +181,16 @@ pub enum NotifyError {
     },
 }
 
+impl NotifyError {
+    /// Tries made, when the endpoint answered at all.
+    pub fn tries(&self) -> Option<usize> {
+        match self {
+            Self::Transport(_) => None,
+            Self::Rejected { tries, .. } => Some(*tries),
+        }
+    }
+}
+
 /// What happened to a webhook that did not fail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Delivery {

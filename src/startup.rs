@@ -7,6 +7,7 @@ use crate::deadletter::DeadLetters;
 use crate::dealmachine::DealMachineClient;
 use crate::handler::Relay;
 use crate::manifest::Ledger;
+use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::requeue::Requeuer;
 use crate::secrets::{self, SecretError};
@@ -84,5 +85,6 @@ pub fn build_relay(config: &Config, aws: &SdkConfig) -> Result<Relay, StartupErr
         poll: config.poll,
         strict_record_count: config.strict_record_count,
         presign_ttl: config.presign_ttl,
+        metrics: Metrics::stdout(&config.metrics_namespace),
     })
 }

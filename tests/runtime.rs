@@ -47,68 +47,99 @@ async fn wait_for_port(port: u16) {
     }
 }
 
-/// Starts `cargo lambda watch --only-lambda-apis` and the bootstrap binary against it.
-async fn start_function(env: &[(&'static str, String)]) -> (Running, Running, u16) {
-    let port = free_port();
-    let emulator = Command::new(cargo_lambda())
-        .args([
-            "lambda",
-            "watch",
-            "--only-lambda-apis",
-            "--timeout",
-            "300",
-            "-A",
-            "127.0.0.1",
-            "-P",
-            &port.to_string(),
-        ])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("cargo-lambda is installed (make test installs it)");
-    let emulator = Running(emulator);
-    wait_for_port(port).await;
-    let function = Command::new(env!("CARGO_BIN_EXE_bootstrap"))
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .env(
-            "AWS_LAMBDA_RUNTIME_API",
-            format!("http://127.0.0.1:{port}/.rt"),
-        )
-        .env("AWS_LAMBDA_FUNCTION_NAME", "_")
-        .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
-        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "512")
-        .env("AWS_LAMBDA_LOG_FORMAT", "JSON")
-        .stdout(
-            std::fs::File::create(concat!(
-                env!("CARGO_TARGET_TMPDIR"),
-                "/runtime-function.log"
+/// The bootstrap binary, running under `cargo lambda watch --only-lambda-apis`.
+struct Function {
+    _emulator: Running,
+    process: Running,
+    port: u16,
+    log: std::path::PathBuf,
+}
+
+impl Function {
+    /// Starts the emulator, then the binary against it, with its output kept in `log_name`.
+    async fn start(env: &[(&str, String)], log_name: &str) -> Self {
+        let port = free_port();
+        let emulator = Command::new(cargo_lambda())
+            .args([
+                "lambda",
+                "watch",
+                "--only-lambda-apis",
+                "--timeout",
+                "300",
+                "-A",
+                "127.0.0.1",
+                "-P",
+                &port.to_string(),
+            ])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cargo-lambda is installed (make test installs it)");
+        let emulator = Running(emulator);
+        wait_for_port(port).await;
+        let log = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(log_name);
+        let output = std::fs::File::create(&log).unwrap();
+        let errors = std::fs::File::create(log.with_extension("stderr")).unwrap();
+        let process = Command::new(env!("CARGO_BIN_EXE_bootstrap"))
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .env(
+                "AWS_LAMBDA_RUNTIME_API",
+                format!("http://127.0.0.1:{port}/.rt"),
+            )
+            .env("AWS_LAMBDA_FUNCTION_NAME", "_")
+            .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
+            .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "512")
+            .env("AWS_LAMBDA_LOG_FORMAT", "JSON")
+            .stdout(output)
+            .stderr(errors)
+            .spawn()
+            .expect("the bootstrap binary starts");
+        Self {
+            _emulator: emulator,
+            process: Running(process),
+            port,
+            log,
+        }
+    }
+
+    async fn invoke(&self, event: &serde_json::Value) -> serde_json::Value {
+        reqwest::Client::new()
+            .post(format!(
+                "http://127.0.0.1:{}/2015-03-31/functions/_/invocations",
+                self.port
             ))
-            .unwrap(),
-        )
-        .spawn()
-        .expect("the bootstrap binary starts");
-    (emulator, Running(function), port)
+            .json(event)
+            .timeout(Duration::from_secs(60))
+            .send()
+            .await
+            .expect("the emulator answers")
+            .json()
+            .await
+            .expect("a JSON response")
+    }
+
+    /// Sends SIGTERM, as Lambda does at shutdown, and returns what the function printed on
+    /// stdout (its logs and metrics) and on stderr (lambda_runtime's own shutdown notes).
+    fn stop(mut self) -> (String, String) {
+        let pid = self.process.0.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.process.0.try_wait().unwrap().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let read = |path: &std::path::Path| std::fs::read_to_string(path).unwrap();
+        (read(&self.log), read(&self.log.with_extension("stderr")))
+    }
 }
 
 #[tokio::test]
 async fn the_lambda_binary_relays_an_sqs_batch_through_the_runtime_api() {
     let app = spawn_app().await;
     let id = app.completed(vec![FileSpec::csv("a.csv.gz", 9, 2000)]);
-    let (_emulator, _function, port) = start_function(&app.env).await;
+    let function = Function::start(&app.env, "relay-batch.log").await;
 
-    let response: serde_json::Value = reqwest::Client::new()
-        .post(format!(
-            "http://127.0.0.1:{port}/2015-03-31/functions/_/invocations"
-        ))
-        .json(&sqs_event(&[&id, "not json {"]))
-        .timeout(Duration::from_secs(60))
-        .send()
-        .await
-        .expect("the emulator answers")
-        .json()
-        .await
-        .expect("a JSON batch response");
+    let response = function.invoke(&sqs_event(&[&id, "not json {"])).await;
 
     assert_eq!(response, serde_json::json!({"batchItemFailures": []}));
     let (bytes, _) = app
@@ -124,6 +155,150 @@ async fn the_lambda_binary_relays_an_sqs_batch_through_the_runtime_api() {
         1,
         "the bad record is set aside"
     );
+}
+
+/// The state changes that each get one INFO line, with the export's fields.
+const STATE_LINES: [&str; 7] = [
+    "received",
+    "status fetched",
+    "requeued",
+    "file copied",
+    "manifest committed",
+    "webhook delivered",
+    "export relayed",
+];
+
+#[tokio::test]
+async fn a_full_run_logs_json_lines_with_export_fields_and_metrics_and_no_secrets() {
+    let app = spawn_app().await;
+    // Secrets come from Secrets Manager, as deployed.
+    let aws = export_relay::startup::aws_config().await;
+    let secrets = aws_sdk_secretsmanager::Client::new(&aws);
+    let mut env: Vec<(&str, String)> = app
+        .env
+        .iter()
+        .filter(|(k, _)| !matches!(*k, "DEALMACHINE_API_KEY" | "WEBHOOK_SECRET"))
+        .cloned()
+        .collect();
+    for (var, value) in [
+        ("DEALMACHINE_API_KEY_SECRET_ARN", app.sim.api_key()),
+        ("WEBHOOK_SECRET_ARN", helpers::WEBHOOK_SECRET),
+    ] {
+        let name = format!("{}-{var}", app.bucket);
+        let arn = secrets
+            .create_secret()
+            .name(name)
+            .secret_string(value)
+            .send()
+            .await
+            .unwrap()
+            .arn
+            .unwrap();
+        env.push((var, arn));
+    }
+    env.push(("AWS_LAMBDA_LOG_LEVEL", "DEBUG".into()));
+    let done = app.completed(vec![FileSpec::csv("a.csv.gz", 1, 500)]);
+    let running = app.sim.add_export(dealmachine_sim::ExportSpec::scripted(
+        &[dealmachine_sim::Status::Processing],
+        vec![],
+    ));
+    let function = Function::start(&env, "full-run.log").await;
+
+    let response = function
+        .invoke(&sqs_event(&[&done, &running, "../bad"]))
+        .await;
+    assert_eq!(response, serde_json::json!({"batchItemFailures": []}));
+    let (log, stderr) = function.stop();
+
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
+        .collect();
+    for secret in [
+        app.sim.api_key(),
+        helpers::WEBHOOK_SECRET,
+        &helpers::WEBHOOK_SECRET["whsec_".len()..],
+    ] {
+        assert!(
+            !log.contains(secret) && !stderr.contains(secret),
+            "a secret appears in the output"
+        );
+    }
+    let message = |l: &serde_json::Value| {
+        l["fields"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    for state in STATE_LINES {
+        let line = lines
+            .iter()
+            .find(|l| message(l) == state)
+            .unwrap_or_else(|| panic!("no {state:?} line"));
+        assert_eq!(line["level"], "INFO", "{state}");
+        assert!(
+            line["span"]["export_id"].is_string(),
+            "{state} carries export_id: {line}"
+        );
+        assert!(
+            line["span"]["message_id"].is_string(),
+            "{state} carries message_id"
+        );
+        assert!(
+            line["span"]["attempt"].is_number(),
+            "{state} carries attempt"
+        );
+    }
+    let dlq = lines
+        .iter()
+        .find(|l| message(l).contains("dead-letter queue"))
+        .expect("a DLQ line");
+    assert_eq!(dlq["span"]["message_id"], "m2");
+
+    let metrics: Vec<&serde_json::Value> =
+        lines.iter().filter(|l| l.get("_aws").is_some()).collect();
+    let named = |name: &str| {
+        metrics.iter().any(|m| {
+            m["_aws"]["CloudWatchMetrics"][0]["Metrics"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|d| d["Name"] == name)
+        })
+    };
+    for name in [
+        "Exports",
+        "BytesCopied",
+        "CopySeconds",
+        "PollAttempts",
+        "CreatedToDeliveredSeconds",
+        "WebhookAttempts",
+        "WebhookFailures",
+        "ApiRateLimited",
+        "ApiRateLimitRemaining",
+    ] {
+        assert!(named(name), "metric {name} is emitted");
+    }
+    let outcomes: Vec<&str> = metrics
+        .iter()
+        .filter_map(|m| m["Outcome"].as_str())
+        .collect();
+    for outcome in ["completed", "requeued", "dlq"] {
+        assert!(
+            outcomes.contains(&outcome),
+            "outcome {outcome} in {outcomes:?}"
+        );
+    }
+    assert!(
+        metrics
+            .iter()
+            .all(|m| m["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "ExportRelay")
+    );
+    assert!(
+        lines.iter().any(|l| message(l) == "shutting down"),
+        "SIGTERM is handled"
+    );
+    assert!(stderr.contains("Graceful shutdown completed"), "{stderr}");
 }
 
 #[test]
