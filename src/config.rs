@@ -80,6 +80,8 @@ pub struct Config {
     pub presign_ttl: Option<Duration>,
     /// When true, a record count that does not match the API's fails the delivery.
     pub strict_record_count: bool,
+    /// A download that sends nothing for this long is given up.
+    pub download_idle_timeout: Duration,
     pub part_size: usize,
     /// Parts uploading at once, across every file this process copies: memory is bounded by
     /// `part_size * (parts_in_flight + files copying at once)`.
@@ -189,6 +191,7 @@ impl Config {
                 .transpose()?,
             part_size: env.number("PART_SIZE_MIB", 8, MIN_PART_SIZE_MIB as u64..=512)? as usize
                 * MIB,
+            download_idle_timeout: env.seconds("DOWNLOAD_IDLE_TIMEOUT_SECONDS", 60, 1..=900)?,
             parts_in_flight: env.number("PARTS_IN_FLIGHT", 4, 1..=64)? as usize,
             api_retry: RetryPolicy::API,
         })

@@ -8,6 +8,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+/// SQS's classic limit; an export request is a few hundred bytes.
+const MAX_BODY_BYTES: usize = 256 * 1024;
 /// Longest export ID accepted; anything longer is not an ID.
 const MAX_EXPORT_ID_LEN: usize = 64;
 
@@ -16,6 +18,8 @@ const MAX_EXPORT_ID_LEN: usize = 64;
 pub enum EventError {
     #[error("malformed message: {0}")]
     Malformed(String),
+    #[error("message body of {0} bytes is over the 256 KiB an export request may take")]
+    TooLarge(usize),
     #[error("invalid export ID {0:?}: expected 1 to 64 letters, digits or '-'")]
     InvalidExportId(String),
     #[error(
@@ -92,6 +96,9 @@ impl ExportRequest {
 
     /// Parses an SQS body: a bare export ID, or `{"export_id": ..., "metadata": {...}}`.
     pub fn from_body(body: &str) -> Result<Self, EventError> {
+        if body.len() > MAX_BODY_BYTES {
+            return Err(EventError::TooLarge(body.len()));
+        }
         let body = body.trim();
         if body.starts_with('{') {
             serde_json::from_str(body).map_err(|e| match e.classify() {

@@ -12,7 +12,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::config::PollPolicy;
 use crate::deadletter::DeadLetters;
-use crate::dealmachine::{ApiError, DealMachineClient, Export, ExportStatus};
+use crate::dealmachine::{ApiError, DealMachineClient, DownloadFile, Export, ExportStatus};
 use crate::events::{EventError, ExportId, ExportRequest, Invocation};
 use crate::manifest::{Ledger, LedgerError, Manifest, ManifestFile};
 use crate::metrics::Metrics;
@@ -97,6 +97,7 @@ impl RelayError {
     pub fn code(&self) -> &'static str {
         match self {
             Self::Event(EventError::InvalidExportId(_)) => "invalid_export_id",
+            Self::Event(EventError::TooLarge(_)) => "message_too_large",
             Self::Event(_) => "malformed_message",
             Self::Api(e) => e.code(),
             Self::Transfer(e) => e.code(),
@@ -414,29 +415,46 @@ impl Relay {
     }
 
     /// Copies every file of a completed export, one after another.
+    /// Where each file goes. Every name and URL is checked before the first byte moves, so a
+    /// refused export leaves nothing behind.
+    fn plan<'e>(
+        &self,
+        export: &'e Export,
+    ) -> Result<Vec<(&'e DownloadFile, Destination)>, RelayError> {
+        let files = export.download_urls.as_deref().unwrap_or_default();
+        let mut keys = HashSet::new();
+        files
+            .iter()
+            .map(|file| {
+                let key = transfer::object_key(&self.prefix, &export.export_id, &file.filename)?;
+                if !keys.insert(key.clone()) {
+                    return Err(RelayError::DuplicateKey(key));
+                }
+                self.transfer.check_url(&file.url)?;
+                let destination = Destination {
+                    content_type: transfer::content_type(&file.filename),
+                    filename: file.filename.clone(),
+                    metadata: [
+                        ("export-id".to_string(), export.export_id.clone()),
+                        ("source-size".to_string(), file.size.to_string()),
+                    ]
+                    .into(),
+                    key,
+                };
+                Ok((file, destination))
+            })
+            .collect()
+    }
+
+    /// Copies every file of a completed export, one after another.
     async fn copy_files(
         &self,
         export: &Export,
         deadline: Deadline,
     ) -> Result<Vec<ManifestFile>, RelayError> {
-        let files = export.download_urls.as_deref().unwrap_or_default();
-        let mut keys = HashSet::new();
-        let mut copied = Vec::with_capacity(files.len());
-        for file in files {
-            let key = transfer::object_key(&self.prefix, &export.export_id, &file.filename)?;
-            if !keys.insert(key.clone()) {
-                return Err(RelayError::DuplicateKey(key));
-            }
-            let destination = Destination {
-                content_type: transfer::content_type(&file.filename),
-                filename: file.filename.clone(),
-                metadata: [
-                    ("export-id".to_string(), export.export_id.clone()),
-                    ("source-size".to_string(), file.size.to_string()),
-                ]
-                .into(),
-                key,
-            };
+        let plan = self.plan(export)?;
+        let mut copied = Vec::with_capacity(plan.len());
+        for (file, destination) in plan {
             let done = self
                 .transfer
                 .copy(&file.url, file.size, &destination, deadline)

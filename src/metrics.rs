@@ -44,7 +44,13 @@ impl Unit {
     }
 }
 
-type Sink = Arc<Mutex<dyn Write + Send>>;
+/// Where EMF lines go: stdout in Lambda (through `println!`, which tests capture), or a
+/// buffer a test reads.
+#[derive(Clone)]
+enum Sink {
+    Stdout,
+    Buffer(Arc<Mutex<Vec<u8>>>),
+}
 
 /// Writes EMF lines under one namespace, to stdout in Lambda.
 #[derive(Clone)]
@@ -63,14 +69,17 @@ impl std::fmt::Debug for Metrics {
 
 impl Metrics {
     pub fn stdout(namespace: &str) -> Self {
-        Self::to(namespace, Arc::new(Mutex::new(std::io::stdout())))
-    }
-
-    /// Writes to `sink` instead, for tests.
-    pub fn to(namespace: &str, sink: Sink) -> Self {
         Self {
             namespace: namespace.to_string(),
-            sink,
+            sink: Sink::Stdout,
+        }
+    }
+
+    /// Writes to `buffer` instead, for tests.
+    pub fn to(namespace: &str, buffer: Arc<Mutex<Vec<u8>>>) -> Self {
+        Self {
+            namespace: namespace.to_string(),
+            sink: Sink::Buffer(buffer),
         }
     }
 
@@ -126,12 +135,15 @@ impl Metrics {
             dimensions,
             values,
         );
-        let mut sink = self
-            .sink
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        // A lost metric line must never fail an export.
-        let _ = writeln!(sink, "{line}").and_then(|()| sink.flush());
+        match &self.sink {
+            Sink::Stdout => println!("{line}"),
+            Sink::Buffer(buffer) => {
+                let mut buffer = buffer
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                let _ = writeln!(buffer, "{line}");
+            }
+        }
     }
 }
 

@@ -74,7 +74,8 @@ pub fn build_relay(config: &Config, aws: &SdkConfig) -> Result<Relay, StartupErr
             policy,
             config.part_size,
             config.parts_in_flight,
-        )?,
+        )?
+        .with_idle_timeout(config.download_idle_timeout)?,
         notifier: config.webhook.as_ref().map(Notifier::new).transpose()?,
         requeuer: Requeuer::new(sqs.clone(), config.queue_url.clone()),
         dead_letters: config

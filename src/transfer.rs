@@ -26,6 +26,8 @@ use crate::integrity::{CorruptGzip, Inspection, Inspector};
 
 /// Longest file name kept in a key; S3 allows 1024 bytes for the whole key.
 const MAX_FILE_NAME_LEN: usize = 200;
+/// How long a download may send nothing before it is given up.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Redirect hops a download may take, each to an allowed host.
 const MAX_REDIRECTS: usize = 5;
 
@@ -213,12 +215,7 @@ impl Transfer {
         part_size: usize,
         parts_in_flight: usize,
     ) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
-            .redirect(policy.clone().redirects())
-            .connect_timeout(Duration::from_secs(10))
-            .read_timeout(Duration::from_secs(60))
-            .user_agent(crate::USER_AGENT)
-            .build()?;
+        let http = download_client(&policy, DEFAULT_IDLE_TIMEOUT)?;
         Ok(Self {
             s3,
             http,
@@ -226,6 +223,23 @@ impl Transfer {
             policy,
             part_size,
             part_slots: Arc::new(Semaphore::new(parts_in_flight)),
+        })
+    }
+
+    /// Parses a download URL and checks it against the policy.
+    pub fn check_url(&self, source: &str) -> Result<Url, TransferError> {
+        let url = Url::parse(source)
+            .map_err(|e| TransferError::UrlRefused(format!("not a URL ({e})")))?;
+        self.policy.check(&url).map_err(TransferError::UrlRefused)?;
+        Ok(url)
+    }
+
+    /// Gives up on a download that sends nothing for `idle`; the invocation's deadline bounds
+    /// the whole copy.
+    pub fn with_idle_timeout(self, idle: Duration) -> Result<Self, reqwest::Error> {
+        Ok(Self {
+            http: download_client(&self.policy, idle)?,
+            ..self
         })
     }
 
@@ -246,9 +260,7 @@ impl Transfer {
     ) -> Result<Copied, TransferError> {
         let started = Instant::now();
         deadline.check(expected_size, None)?;
-        let url = Url::parse(source)
-            .map_err(|e| TransferError::UrlRefused(format!("not a URL ({e})")))?;
-        self.policy.check(&url).map_err(TransferError::UrlRefused)?;
+        let url = self.check_url(source)?;
         let response = self.http.get(url).send().await.map_err(download_error)?;
         match response.status() {
             status if status.is_success() => {}
@@ -512,6 +524,15 @@ impl Transfer {
             tracing::warn!(key, error = %DisplayErrorContext(e), "could not abort multipart upload; the lifecycle rule will");
         }
     }
+}
+
+fn download_client(policy: &UrlPolicy, idle: Duration) -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        .redirect(policy.clone().redirects())
+        .connect_timeout(Duration::from_secs(10))
+        .read_timeout(idle)
+        .user_agent(crate::USER_AGENT)
+        .build()
 }
 
 fn with_sha256(destination: &Destination, inspection: &Inspection) -> HashMap<String, String> {

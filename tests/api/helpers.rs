@@ -253,6 +253,24 @@ impl TestApp {
         Some(serde_json::from_slice(&bytes).expect("the manifest is JSON"))
     }
 
+    /// Asserts that no file and no manifest is in the bucket (delivery markers may be), and no
+    /// upload is left open.
+    pub async fn assert_no_files(&self) {
+        assert_eq!(self.file_keys().await, Vec::<String>::new(), "no file");
+        assert!(
+            self.keys()
+                .await
+                .iter()
+                .all(|k| !k.ends_with("/manifest.json")),
+            "no manifest"
+        );
+        assert_eq!(
+            self.pending_uploads().await,
+            0,
+            "no multipart upload left open"
+        );
+    }
+
     /// Asserts that nothing of the export is in the bucket and no upload is left open.
     pub async fn assert_nothing_stored(&self) {
         assert_eq!(self.keys().await, Vec::<String>::new(), "no object");

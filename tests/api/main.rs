@@ -4,6 +4,7 @@
 mod batch;
 mod copy;
 mod delivery;
+mod hardening;
 mod helpers;
 mod outcomes;
 mod poll;

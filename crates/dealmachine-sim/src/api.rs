@@ -57,15 +57,23 @@ pub enum DownloadFault {
     StallAfter(u64),
     /// Answer with this status instead of the file.
     Status(u16),
+    /// Redirect (302) to this URL.
+    Redirect(&'static str),
 }
 
 /// One API answer to give instead of the real one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApiFault {
     /// `429` with this `Retry-After`, in seconds.
     RateLimited(u64),
     /// A `500` in DealMachine's error shape.
     ServerError,
+    /// Exactly this answer: for broken or hostile API responses.
+    Raw {
+        status: u16,
+        content_type: &'static str,
+        body: String,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -295,6 +303,9 @@ pub struct SimOptions {
     pub processing_for: Duration,
     pub rows_per_file: u64,
     pub files_per_export: usize,
+    /// The host name download URLs use, instead of the listening IP address; lets tests allow
+    /// one name and see a redirect to another refused.
+    pub public_host: Option<String>,
 }
 
 impl Default for SimOptions {
@@ -308,6 +319,7 @@ impl Default for SimOptions {
             processing_for: Duration::from_secs(6),
             rows_per_file: 5000,
             files_per_export: 2,
+            public_host: None,
         }
     }
 }
@@ -352,8 +364,12 @@ impl Simulator {
         let addr = listener.local_addr()?;
         let shared = Shared {
             inner: Arc::default(),
+            base: format!(
+                "http://{}:{}",
+                options.public_host.as_deref().unwrap_or("127.0.0.1"),
+                addr.port()
+            ),
             options: Arc::new(options),
-            base: format!("http://{addr}"),
         };
         let app = Router::new()
             .route("/v1/exports", get(list_exports))
@@ -436,7 +452,12 @@ impl Simulator {
 
     /// Queues API answers to give before the real ones.
     pub fn push_faults(&self, faults: &[ApiFault]) {
-        self.shared.inner.lock().unwrap().faults.extend(faults);
+        self.shared
+            .inner
+            .lock()
+            .unwrap()
+            .faults
+            .extend(faults.iter().cloned());
     }
 
     /// Every request seen so far.
@@ -506,6 +527,23 @@ impl Shared {
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v == format!("Bearer {}", self.options.api_key));
+        let fault = if authorized {
+            inner.faults.pop_front()
+        } else {
+            None
+        };
+        if let Some(ApiFault::Raw {
+            status,
+            content_type,
+            body,
+        }) = fault
+        {
+            drop(inner);
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            self.record(method, path.into(), status);
+            let response = (status, [(header::CONTENT_TYPE, content_type)], body).into_response();
+            return Err(Box::new(response));
+        }
         let refusal = if !authorized {
             Some((
                 StatusCode::UNAUTHORIZED,
@@ -513,7 +551,7 @@ impl Shared {
                 "Invalid or missing API key".to_string(),
                 None,
             ))
-        } else if let Some(fault) = inner.faults.pop_front() {
+        } else if let Some(fault) = fault {
             Some(match fault {
                 ApiFault::RateLimited(after) => (
                     StatusCode::TOO_MANY_REQUESTS,
@@ -521,7 +559,7 @@ impl Shared {
                     "Too many requests".into(),
                     Some(after),
                 ),
-                ApiFault::ServerError => (
+                ApiFault::ServerError | ApiFault::Raw { .. } => (
                     StatusCode::INTERNAL_SERVER_ERROR,
                     "internal_error",
                     "Something went wrong".into(),
@@ -744,10 +782,16 @@ async fn download(
 
 fn serve_file(spec: FileSpec, measured: Measured) -> Response {
     let fault = spec.fault;
-    if let Some(DownloadFault::Status(code)) = fault {
-        return StatusCode::from_u16(code)
-            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
-            .into_response();
+    match fault {
+        Some(DownloadFault::Status(code)) => {
+            return StatusCode::from_u16(code)
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+                .into_response();
+        }
+        Some(DownloadFault::Redirect(to)) => {
+            return (StatusCode::FOUND, [(header::LOCATION, to)]).into_response();
+        }
+        _ => {}
     }
     let extra = match fault {
         Some(DownloadFault::ExtraBytes(n)) => Some(bytes::Bytes::from(vec![b'x'; n as usize])),
