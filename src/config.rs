@@ -74,6 +74,8 @@ pub struct Config {
     pub download_hosts: Vec<String>,
     pub allow_insecure_http: bool,
     pub s3_force_path_style: bool,
+    /// A sweep stops early when fewer API requests than this remain.
+    pub sweep_reserve_requests: u64,
     /// The CloudWatch namespace of the embedded metrics.
     pub metrics_namespace: String,
     /// With a value, `export.completed` carries a presigned GET URL per file, valid this long.
@@ -182,6 +184,7 @@ impl Config {
             allow_insecure_http,
             s3_force_path_style: env.boolean("S3_FORCE_PATH_STYLE", false)?,
             strict_record_count: env.boolean("STRICT_RECORD_COUNT", false)?,
+            sweep_reserve_requests: env.number("SWEEP_RESERVE_REQUESTS", 10, 0..=5000)?,
             metrics_namespace: env
                 .optional("METRICS_NAMESPACE")
                 .unwrap_or_else(|| crate::metrics::DEFAULT_NAMESPACE.into()),

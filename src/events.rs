@@ -137,6 +137,9 @@ pub enum Invocation {
     Sqs(SqsEvent),
     /// An EventBridge rule or Scheduler input naming exports to check once.
     Schedule(Vec<String>),
+    /// A schedule without `export_ids`, or with `"sweep": true`: find completed exports that
+    /// nobody enqueued.
+    Sweep(SweepRequest),
     /// An operator or script asking for one export, and for the outcome in the response.
     Direct(ExportRequest),
 }
@@ -152,10 +155,13 @@ impl Invocation {
                 .map_err(|e| EventError::Malformed(format!("not an SQS event ({e})")));
         }
         if fields.get("detail-type").and_then(Value::as_str) == Some("Scheduled Event") {
-            let detail = fields.remove("detail").unwrap_or(Value::Null);
-            return schedule(detail);
+            return schedule(
+                fields
+                    .remove("detail")
+                    .unwrap_or_else(|| Value::Object(Map::new())),
+            );
         }
-        if fields.contains_key("export_ids") {
+        if fields.contains_key("export_ids") || fields.contains_key("sweep") || fields.is_empty() {
             return schedule(Value::Object(fields));
         }
         if fields.contains_key("export_id") {
@@ -167,16 +173,41 @@ impl Invocation {
     }
 }
 
+/// What a sweep looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub struct SweepRequest {
+    /// How far back to look, by the exports' `created_at`.
+    #[serde(default = "default_lookback_hours")]
+    pub lookback_hours: u32,
+    /// Stop after seeing this many exports.
+    #[serde(default)]
+    pub max_exports: Option<u32>,
+}
+
+fn default_lookback_hours() -> u32 {
+    48
+}
+
+/// A schedule's input: `{"export_ids": [...]}` checks those; anything else without IDs sweeps.
 fn schedule(input: Value) -> Result<Invocation, EventError> {
     #[derive(Deserialize)]
     struct ScheduleInput {
-        export_ids: Vec<String>,
+        #[serde(default)]
+        export_ids: Option<Vec<String>>,
+        #[serde(default)]
+        sweep: bool,
+        #[serde(flatten)]
+        sweep_options: SweepRequest,
     }
-    serde_json::from_value::<ScheduleInput>(input)
-        .map(|s| Invocation::Schedule(s.export_ids))
-        .map_err(|e| {
-            EventError::Malformed(format!("schedule input needs \"export_ids\": [..] ({e})"))
-        })
+    let input: ScheduleInput = serde_json::from_value(input).map_err(|e| {
+        EventError::Malformed(format!(
+            "schedule input is {{\"export_ids\": [..]}} or {{\"sweep\": true, \"lookback_hours\": 48, \"max_exports\": N}} ({e})"
+        ))
+    })?;
+    match input.export_ids {
+        Some(ids) if !input.sweep => Ok(Invocation::Schedule(ids)),
+        _ => Ok(Invocation::Sweep(input.sweep_options)),
+    }
 }
 
 /// Keeps log lines readable when someone sends a megabyte where an ID should be.
@@ -276,6 +307,20 @@ mod tests {
         assert!(
             matches!(Invocation::classify(direct).unwrap(), Invocation::Direct(r) if r.metadata.is_some())
         );
+
+        let sweeps = [
+            json!({"detail-type": "Scheduled Event", "source": "aws.events", "detail": {}}),
+            json!({"sweep": true, "lookback_hours": 6, "max_exports": 50}),
+            json!({}),
+        ];
+        let expected = [(48, None), (6, Some(50)), (48, None)];
+        for (event, (hours, max)) in sweeps.into_iter().zip(expected) {
+            let Invocation::Sweep(sweep) = Invocation::classify(event).unwrap() else {
+                panic!("a sweep")
+            };
+            assert_eq!((sweep.lookback_hours, sweep.max_exports), (hours, max));
+        }
+        assert!(Invocation::classify(json!({"sweep": true, "lookback_hours": -1})).is_err());
 
         assert_eq!(
             Invocation::classify(json!({"hello": 1})).unwrap_err(),

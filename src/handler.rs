@@ -129,6 +129,8 @@ pub struct Relay {
     pub(crate) strict_record_count: bool,
     pub(crate) presign_ttl: Option<std::time::Duration>,
     pub(crate) metrics: Metrics,
+    /// A sweep stops when fewer API requests than this remain this minute.
+    pub(crate) sweep_reserve: u64,
 }
 
 /// How an export ended, as the webhook tells it.
@@ -177,6 +179,7 @@ impl Relay {
         match Invocation::classify(event)? {
             Invocation::Sqs(batch) => Ok(to_json(self.handle_batch(batch, deadline).await)),
             Invocation::Schedule(ids) => Ok(to_json(self.handle_schedule(ids, deadline).await?)),
+            Invocation::Sweep(request) => Ok(to_json(self.sweep(request).await?)),
             Invocation::Direct(request) => {
                 let span =
                     info_span!("export", export_id = %request.export_id, attempt = request.attempt);
@@ -401,6 +404,10 @@ impl Relay {
         let delay = requeue::poll_delay(&self.poll, request.attempt, throttled_for);
         let next = request.next_poll(Utc::now());
         self.requeuer.enqueue(&next, delay).await?;
+        if request.attempt == 1 {
+            // A poll chain starts: tell the sweep, so it does not start a second one.
+            self.ledger.mark_in_flight(&request.export_id).await?;
+        }
         info!(
             next_attempt = next.attempt,
             delay_seconds = delay.as_secs(),

@@ -15,6 +15,7 @@ pub mod notify;
 pub mod requeue;
 pub mod secrets;
 pub mod startup;
+pub mod sweep;
 pub mod transfer;
 
 /// Sent with every request, so the other side can tell who is calling.

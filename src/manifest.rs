@@ -101,6 +101,68 @@ impl Ledger {
         format!("{}{id}/.delivered/{}.json", self.prefix, event.as_str())
     }
 
+    fn in_flight_key(&self, id: &ExportId) -> String {
+        format!("{}{id}/.in-flight.json", self.prefix)
+    }
+
+    /// True when a manifest is committed, without reading it.
+    pub async fn is_committed(&self, id: &ExportId) -> Result<bool, LedgerError> {
+        self.exists(&self.manifest_key(id))
+            .await
+            .map(|modified| modified.is_some())
+    }
+
+    /// Records that a message for this export is on the queue (a poll chain or a copy), so a
+    /// sweep does not start a second one.
+    pub async fn mark_in_flight(&self, id: &ExportId) -> Result<(), LedgerError> {
+        let key = self.in_flight_key(id);
+        let body = serde_json::json!({"export_id": id.as_str(), "since": Utc::now()});
+        self.put_json(&key, body).await
+    }
+
+    /// True when a message was put on the queue for this export less than `within` ago.
+    pub async fn in_flight(
+        &self,
+        id: &ExportId,
+        within: std::time::Duration,
+    ) -> Result<bool, LedgerError> {
+        let since = self.exists(&self.in_flight_key(id)).await?;
+        Ok(since.is_some_and(|at| (Utc::now() - at).to_std().unwrap_or_default() < within))
+    }
+
+    /// When the object was last written, if it exists.
+    async fn exists(&self, key: &str) -> Result<Option<DateTime<Utc>>, LedgerError> {
+        match self
+            .s3
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(head) => Ok(Some(
+                head.last_modified()
+                    .and_then(|t| DateTime::from_timestamp(t.secs(), t.subsec_nanos()))
+                    .unwrap_or_else(Utc::now),
+            )),
+            Err(e) if e.as_service_error().is_some_and(|e| e.is_not_found()) => Ok(None),
+            Err(e) => Err(s3_error("HeadObject", key, e)),
+        }
+    }
+
+    async fn put_json(&self, key: &str, body: serde_json::Value) -> Result<(), LedgerError> {
+        self.s3
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type("application/json")
+            .body(ByteStream::from(body.to_string().into_bytes()))
+            .send()
+            .await
+            .map_err(|e| s3_error("PutObject", key, e))?;
+        Ok(())
+    }
+
     /// The committed manifest, if the export was relayed before.
     pub async fn committed(&self, id: &ExportId) -> Result<Option<Manifest>, LedgerError> {
         let key = self.manifest_key(id);
@@ -180,19 +242,9 @@ impl Ledger {
 
     /// True when this event's webhook was delivered before.
     pub async fn delivered(&self, id: &ExportId, event: EventType) -> Result<bool, LedgerError> {
-        let key = self.marker_key(id, event);
-        match self
-            .s3
-            .head_object()
-            .bucket(&self.bucket)
-            .key(&key)
-            .send()
+        self.exists(&self.marker_key(id, event))
             .await
-        {
-            Ok(_) => Ok(true),
-            Err(e) if e.as_service_error().is_some_and(|e| e.is_not_found()) => Ok(false),
-            Err(e) => Err(s3_error("HeadObject", &key, e)),
-        }
+            .map(|modified| modified.is_some())
     }
 
     pub async fn mark_delivered(
@@ -201,18 +253,8 @@ impl Ledger {
         event: EventType,
         webhook_id: &str,
     ) -> Result<(), LedgerError> {
-        let key = self.marker_key(id, event);
         let body = serde_json::json!({"webhook_id": webhook_id, "type": event.as_str(), "delivered_at": Utc::now()});
-        self.s3
-            .put_object()
-            .bucket(&self.bucket)
-            .key(&key)
-            .content_type("application/json")
-            .body(ByteStream::from(body.to_string().into_bytes()))
-            .send()
-            .await
-            .map_err(|e| s3_error("PutObject", &key, e))?;
-        Ok(())
+        self.put_json(&self.marker_key(id, event), body).await
     }
 }
 

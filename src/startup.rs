@@ -87,5 +87,6 @@ pub fn build_relay(config: &Config, aws: &SdkConfig) -> Result<Relay, StartupErr
         strict_record_count: config.strict_record_count,
         presign_ttl: config.presign_ttl,
         metrics: Metrics::stdout(&config.metrics_namespace),
+        sweep_reserve: config.sweep_reserve_requests,
     })
 }

@@ -9,4 +9,5 @@ mod helpers;
 mod outcomes;
 mod poll;
 mod schedule;
+mod sweep;
 mod webhook;

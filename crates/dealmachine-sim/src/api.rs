@@ -667,7 +667,9 @@ async fn list_exports(
     let now = Utc::now();
     let (page, total) = {
         let mut inner = shared.inner.lock().unwrap();
-        let ids: Vec<String> = inner.order.iter().rev().cloned().collect();
+        // Newest first, as DealMachine lists them.
+        let mut ids: Vec<String> = inner.order.iter().rev().cloned().collect();
+        ids.sort_by_key(|id| std::cmp::Reverse(inner.exports[id].created_at));
         let mut matching = Vec::new();
         for id in ids {
             let export = inner.exports.get_mut(&id).expect("listed exports exist");
