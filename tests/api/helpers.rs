@@ -204,10 +204,14 @@ impl TestApp {
         Some((body.collect().await.unwrap().to_vec(), output))
     }
 
-    /// The exports' files in the bucket, without manifests and delivery markers.
+    /// The exports' files in the bucket, without manifests and the delivery and in-flight markers.
     pub async fn file_keys(&self) -> Vec<String> {
         let mut keys = self.keys().await;
-        keys.retain(|k| !k.ends_with("/manifest.json") && !k.contains("/.delivered/"));
+        keys.retain(|k| {
+            !k.ends_with("/manifest.json")
+                && !k.contains("/.delivered/")
+                && !k.ends_with("/.in-flight.json")
+        });
         keys
     }
 

@@ -109,7 +109,11 @@ async fn a_long_retry_after_requeues_the_export_for_at_least_that_long() {
         "no hammering"
     );
     assert_eq!(app.delayed_count().await, 1);
-    assert!(app.keys().await.is_empty());
+    assert_eq!(
+        app.keys().await,
+        vec![app.key(&id, ".in-flight.json")],
+        "no file, only the poll marker"
+    );
 }
 
 #[tokio::test]
