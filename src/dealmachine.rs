@@ -104,7 +104,10 @@ pub enum ApiError {
     #[error("the API key was refused (401): set a valid key in DEALMACHINE_API_KEY [{0}]")]
     Unauthorized(ApiMessage),
     #[error("rate limited by the DealMachine API (429), retry after {:?} [{message}]", rate.throttled_for)]
-    RateLimited { rate: RateInfo, message: ApiMessage },
+    RateLimited {
+        rate: Box<RateInfo>,
+        message: ApiMessage,
+    },
     #[error("the DealMachine API answered {status} [{message}]")]
     Status {
         status: StatusCode,
@@ -325,7 +328,10 @@ fn error_for(status: StatusCode, body: &[u8], rate: RateInfo) -> ApiError {
         StatusCode::NOT_FOUND => ApiError::NotFound(message),
         StatusCode::FORBIDDEN => ApiError::Forbidden(message),
         StatusCode::UNAUTHORIZED => ApiError::Unauthorized(message),
-        StatusCode::TOO_MANY_REQUESTS => ApiError::RateLimited { rate, message },
+        StatusCode::TOO_MANY_REQUESTS => ApiError::RateLimited {
+            rate: Box::new(rate),
+            message,
+        },
         status => ApiError::Status { status, message },
     }
 }

@@ -289,24 +289,24 @@ async fn a_download_that_stalls_is_given_up_after_the_idle_timeout() {
     app.assert_nothing_stored().await;
 }
 
+type FailWhen = dyn Fn(&str) -> bool + Send + Sync;
+
 /// Stands between the relay and moto, and answers `503 SlowDown` to chosen `UploadPart` calls.
 #[derive(Clone)]
 struct FaultyS3 {
     moto: String,
     http: reqwest::Client,
-    /// Fail every UploadPart try whose count (from 1) satisfies this.
-    fail: Arc<dyn Fn(usize, &str) -> bool + Send + Sync>,
-    upload_parts: Arc<AtomicUsize>,
+    /// Fails the UploadPart tries whose query string satisfies this.
+    fail: Arc<FailWhen>,
     injected: Arc<AtomicUsize>,
 }
 
 impl FaultyS3 {
-    async fn start(fail: impl Fn(usize, &str) -> bool + Send + Sync + 'static) -> (Self, String) {
+    async fn start(fail: impl Fn(&str) -> bool + Send + Sync + 'static) -> (Self, String) {
         let proxy = Self {
             moto: std::env::var("AWS_ENDPOINT_URL").unwrap(),
             http: reqwest::Client::new(),
             fail: Arc::new(fail),
-            upload_parts: Arc::default(),
             injected: Arc::default(),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -328,13 +328,12 @@ async fn forward(
     body: Bytes,
 ) -> Response {
     let query = uri.query().unwrap_or_default();
-    if method == Method::PUT && query.contains("partNumber=") && query.contains("uploadId=") {
-        let n = proxy.upload_parts.fetch_add(1, Ordering::SeqCst) + 1;
-        if (proxy.fail)(n, query) {
-            proxy.injected.fetch_add(1, Ordering::SeqCst);
-            let xml = "<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>";
-            return (StatusCode::SERVICE_UNAVAILABLE, xml).into_response();
-        }
+    let upload_part =
+        method == Method::PUT && query.contains("partNumber=") && query.contains("uploadId=");
+    if upload_part && (proxy.fail)(query) {
+        proxy.injected.fetch_add(1, Ordering::SeqCst);
+        let xml = "<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>";
+        return (StatusCode::SERVICE_UNAVAILABLE, xml).into_response();
     }
     let url = format!(
         "{}{}",
@@ -386,7 +385,7 @@ async fn s3_slowdowns_on_some_parts_are_absorbed_by_the_sdk_retries() {
     let app = spawn_app().await;
     let id = app.completed(vec![big("big.csv.gz", 3)]);
     // The first try of the first two parts fails.
-    let (proxy, url) = FaultyS3::start(|_, query| {
+    let (proxy, url) = FaultyS3::start(|query| {
         static SEEN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
         let part = query
             .split('&')
@@ -423,7 +422,7 @@ async fn s3_slowdowns_on_some_parts_are_absorbed_by_the_sdk_retries() {
 async fn an_s3_part_that_keeps_failing_aborts_the_upload_and_fails_the_record() {
     let app = spawn_app().await;
     let id = app.completed(vec![big("big.csv.gz", 4)]);
-    let (proxy, url) = FaultyS3::start(|_, query| query.contains("partNumber=2")).await;
+    let (proxy, url) = FaultyS3::start(|query| query.contains("partNumber=2")).await;
     let relay = relay_through(&app, &url).await;
     let event = crate::helpers::sqs_event(&[&id]);
 
