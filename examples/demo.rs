@@ -7,12 +7,10 @@
 
 use std::error::Error;
 use std::fs::File;
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, MessageSystemAttributeName};
-use dealmachine_sim::{Receiver, SimOptions, Simulator};
+use dealmachine_sim::{LocalLambda, Receiver, SimOptions, Simulator};
 use export_relay::startup;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -21,16 +19,6 @@ const SECRET: &str = "whsec_ZGVtby1zZWNyZXQtZm9yLWV4cG9ydC1yZWxheS0xMjM0NTY=";
 const DEADLINE: Duration = Duration::from_secs(120);
 
 type Result<T> = std::result::Result<T, Box<dyn Error>>;
-
-/// Kills a child process when the demo ends, however it ends.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 #[tokio::main]
 async fn main() {
@@ -101,59 +89,26 @@ async fn run(step: &mut Step, started: Instant) -> Result<()> {
     let receiver = Receiver::start(SECRET, "127.0.0.1:0".parse()?, false).await?;
 
     step.next();
-    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let cargo_lambda = std::env::var("CARGO_LAMBDA").unwrap_or_else(|_| "cargo-lambda".into());
-    let _emulator = Running(
-        Command::new(cargo_lambda)
-            .args([
-                "lambda",
-                "watch",
-                "--only-lambda-apis",
-                "-A",
-                "127.0.0.1",
-                "-P",
-                &port.to_string(),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("cannot run cargo-lambda ({e}); run `make venv`"))?,
-    );
-    wait_for_port(port).await?;
     std::fs::create_dir_all(".local")?;
     let log = ".local/demo-function.log";
     let binary = std::env::var("RELAY_BINARY").unwrap_or_else(|_| "target/debug/bootstrap".into());
-    let mut function = Running(
-        Command::new(&binary)
-            .envs([
-                ("DEALMACHINE_API_KEY", sim.api_key().to_string()),
-                ("DEALMACHINE_API_URL", sim.api_url()),
-                ("DESTINATION_BUCKET", bucket.to_string()),
-                ("QUEUE_URL", queue_url.clone()),
-                ("DEAD_LETTER_QUEUE_URL", dlq_url),
-                ("WEBHOOK_URL", receiver.url()),
-                ("WEBHOOK_SECRET", SECRET.to_string()),
-                ("DOWNLOAD_HOSTS", "127.0.0.1".to_string()),
-                ("ALLOW_INSECURE_HTTP", "true".to_string()),
-                ("S3_FORCE_PATH_STYLE", "true".to_string()),
-                ("POLL_INITIAL_DELAY_SECONDS", "1".to_string()),
-                ("POLL_MAX_DELAY_SECONDS", "2".to_string()),
-                (
-                    "AWS_LAMBDA_RUNTIME_API",
-                    format!("http://127.0.0.1:{port}/.rt"),
-                ),
-                ("AWS_LAMBDA_FUNCTION_NAME", "_".to_string()),
-                ("AWS_LAMBDA_FUNCTION_VERSION", "1".to_string()),
-                ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "512".to_string()),
-                ("AWS_LAMBDA_LOG_FORMAT", "JSON".to_string()),
-            ])
-            .stdout(File::create(log)?)
-            .stderr(File::create(format!("{log}.err"))?)
-            .spawn()
-            .map_err(|e| {
-                format!("cannot start {binary} ({e}); run `cargo build --bin bootstrap`")
-            })?,
-    );
+    let env = [
+        ("DEALMACHINE_API_KEY", sim.api_key().to_string()),
+        ("DEALMACHINE_API_URL", sim.api_url()),
+        ("DESTINATION_BUCKET", bucket.to_string()),
+        ("QUEUE_URL", queue_url.clone()),
+        ("DEAD_LETTER_QUEUE_URL", dlq_url),
+        ("WEBHOOK_URL", receiver.url()),
+        ("WEBHOOK_SECRET", SECRET.to_string()),
+        ("DOWNLOAD_HOSTS", "127.0.0.1".to_string()),
+        ("ALLOW_INSECURE_HTTP", "true".to_string()),
+        ("S3_FORCE_PATH_STYLE", "true".to_string()),
+        ("POLL_INITIAL_DELAY_SECONDS", "1".to_string()),
+        ("POLL_MAX_DELAY_SECONDS", "2".to_string()),
+    ];
+    let (stdout, stderr) = (File::create(log)?, File::create(format!("{log}.err"))?);
+    let mut lambda =
+        LocalLambda::start(binary.as_ref(), &env, stdout.into(), stderr.into()).await?;
     println!("      function logs: {log}");
 
     step.next();
@@ -186,37 +141,22 @@ async fn run(step: &mut Step, started: Instant) -> Result<()> {
                 format!("not every export finished within {} s", DEADLINE.as_secs()).into(),
             );
         }
-        if let Some(status) = function.0.try_wait()? {
+        if let Some(status) = lambda.exited() {
             return Err(format!("the function exited ({status}); see {log}.err").into());
         }
-        invocations += deliver_once(&sqs, &http, &queue_url, port).await?;
+        invocations += deliver_once(&sqs, &lambda, &queue_url).await?;
     }
 
     step.next();
     report(&sim, &receiver, &s3, bucket, &ids, invocations, started).await
 }
 
-async fn wait_for_port(port: u16) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        if Instant::now() > deadline {
-            return Err(format!("the Runtime API emulator did not listen on port {port}").into());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Ok(())
-}
-
 /// Receives what is visible on the queue and invokes the function with it, as Lambda's SQS
 /// poller does: records the function does not report as failed are deleted.
 async fn deliver_once(
     sqs: &aws_sdk_sqs::Client,
-    http: &reqwest::Client,
+    lambda: &LocalLambda,
     queue_url: &str,
-    port: u16,
 ) -> Result<usize> {
     let received = sqs
         .receive_message()
@@ -241,16 +181,7 @@ async fn deliver_once(
             })
         })
         .collect();
-    let response: Value = http
-        .post(format!(
-            "http://127.0.0.1:{port}/2015-03-31/functions/_/invocations"
-        ))
-        .json(&json!({ "Records": records }))
-        .timeout(Duration::from_secs(60))
-        .send()
-        .await?
-        .json()
-        .await?;
+    let response = lambda.invoke(&json!({ "Records": records })).await?;
     let failed: Vec<&str> = response["batchItemFailures"]
         .as_array()
         .ok_or_else(|| format!("the function answered without batchItemFailures: {response}"))?

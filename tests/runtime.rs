@@ -4,131 +4,43 @@
 #[path = "api/helpers.rs"]
 mod helpers;
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
 
-use dealmachine_sim::FileSpec;
+use dealmachine_sim::{FileSpec, LocalLambda};
 use helpers::{sha256, spawn_app, sqs_event};
 
-/// Kills the process when the test ends, whichever way it ends.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn cargo_lambda() -> String {
-    std::env::var("CARGO_LAMBDA").unwrap_or_else(|_| "cargo-lambda".into())
-}
-
-async fn wait_for_port(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the Runtime API emulator did not start on port {port}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// The bootstrap binary, running under `cargo lambda watch --only-lambda-apis`.
+/// The bootstrap binary under the Runtime API emulator, its output kept in files.
 struct Function {
-    _emulator: Running,
-    process: Running,
-    port: u16,
-    log: std::path::PathBuf,
+    lambda: LocalLambda,
+    log: PathBuf,
 }
 
 impl Function {
-    /// Starts the emulator, then the binary against it, with its output kept in `log_name`.
     async fn start(env: &[(&str, String)], log_name: &str) -> Self {
-        let port = free_port();
-        let emulator = Command::new(cargo_lambda())
-            .args([
-                "lambda",
-                "watch",
-                "--only-lambda-apis",
-                "--timeout",
-                "300",
-                "-A",
-                "127.0.0.1",
-                "-P",
-                &port.to_string(),
-            ])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("cargo-lambda is installed (make test installs it)");
-        let emulator = Running(emulator);
-        wait_for_port(port).await;
-        let log = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(log_name);
-        let output = std::fs::File::create(&log).unwrap();
-        let errors = std::fs::File::create(log.with_extension("stderr")).unwrap();
-        let process = Command::new(env!("CARGO_BIN_EXE_bootstrap"))
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .env(
-                "AWS_LAMBDA_RUNTIME_API",
-                format!("http://127.0.0.1:{port}/.rt"),
-            )
-            .env("AWS_LAMBDA_FUNCTION_NAME", "_")
-            .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
-            .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "512")
-            .env("AWS_LAMBDA_LOG_FORMAT", "JSON")
-            .stdout(output)
-            .stderr(errors)
-            .spawn()
-            .expect("the bootstrap binary starts");
-        Self {
-            _emulator: emulator,
-            process: Running(process),
-            port,
-            log,
-        }
+        let log = Path::new(env!("CARGO_TARGET_TMPDIR")).join(log_name);
+        let stdout = std::fs::File::create(&log).unwrap();
+        let stderr = std::fs::File::create(log.with_extension("stderr")).unwrap();
+        let binary = Path::new(env!("CARGO_BIN_EXE_bootstrap"));
+        let lambda = LocalLambda::start(binary, env, stdout.into(), stderr.into())
+            .await
+            .expect("the function starts");
+        Self { lambda, log }
     }
 
     async fn invoke(&self, event: &serde_json::Value) -> serde_json::Value {
-        reqwest::Client::new()
-            .post(format!(
-                "http://127.0.0.1:{}/2015-03-31/functions/_/invocations",
-                self.port
-            ))
-            .json(event)
-            .timeout(Duration::from_secs(60))
-            .send()
+        self.lambda
+            .invoke(event)
             .await
-            .expect("the emulator answers")
-            .json()
-            .await
-            .expect("a JSON response")
+            .expect("the function answers")
     }
 
-    /// Sends SIGTERM, as Lambda does at shutdown, and returns what the function printed on
-    /// stdout (its logs and metrics) and on stderr (lambda_runtime's own shutdown notes).
-    fn stop(mut self) -> (String, String) {
-        let pid = self.process.0.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while self.process.0.try_wait().unwrap().is_none() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let read = |path: &std::path::Path| std::fs::read_to_string(path).unwrap();
+    /// Stops the function as Lambda does (SIGTERM) and returns what it printed on stdout (its
+    /// logs and metrics) and on stderr (lambda_runtime's own shutdown notes).
+    fn stop(self) -> (String, String) {
+        self.lambda.terminate();
+        let read = |path: &Path| std::fs::read_to_string(path).unwrap();
         (read(&self.log), read(&self.log.with_extension("stderr")))
     }
 }
