@@ -174,7 +174,8 @@ impl<'a> Ending<'a> {
 }
 
 impl Relay {
-    /// The Lambda entry point: any of the three event kinds in, the matching response out.
+    /// The Lambda entry point: an SQS batch, a schedule, a sweep or a direct invoke in, the
+    /// matching response out.
     pub async fn handle(&self, event: Value, deadline: Deadline) -> Result<Value, RelayError> {
         match Invocation::classify(event)? {
             Invocation::Sqs(batch) => Ok(to_json(self.handle_batch(batch, deadline).await)),
