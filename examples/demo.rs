@@ -54,28 +54,15 @@ impl Step {
 async fn run(step: &mut Step, started: Instant) -> Result<()> {
     step.next();
     let aws = startup::aws_config().await;
-    let s3 = aws_sdk_s3::Client::from_conf(
-        aws_sdk_s3::config::Builder::from(&aws)
-            .force_path_style(true)
-            .build(),
-    );
+    let s3 =
+        aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(&aws).force_path_style(true).build());
     let sqs = aws_sdk_sqs::Client::new(&aws);
     let bucket = "export-relay-demo";
     s3.create_bucket().bucket(bucket).send().await?;
-    let queue_url = sqs
-        .create_queue()
-        .queue_name("export-relay-demo")
-        .send()
-        .await?
-        .queue_url
-        .unwrap_or_default();
-    let dlq_url = sqs
-        .create_queue()
-        .queue_name("export-relay-demo-dlq")
-        .send()
-        .await?
-        .queue_url
-        .unwrap_or_default();
+    let queue_url =
+        sqs.create_queue().queue_name("export-relay-demo").send().await?.queue_url.unwrap_or_default();
+    let dlq_url =
+        sqs.create_queue().queue_name("export-relay-demo-dlq").send().await?.queue_url.unwrap_or_default();
 
     step.next();
     let options = SimOptions {
@@ -107,8 +94,7 @@ async fn run(step: &mut Step, started: Instant) -> Result<()> {
         ("POLL_MAX_DELAY_SECONDS", "2".to_string()),
     ];
     let (stdout, stderr) = (File::create(log)?, File::create(format!("{log}.err"))?);
-    let mut lambda =
-        LocalLambda::start(binary.as_ref(), &env, stdout.into(), stderr.into()).await?;
+    let mut lambda = LocalLambda::start(binary.as_ref(), &env, stdout.into(), stderr.into()).await?;
     println!("      function logs: {log}");
 
     step.next();
@@ -137,9 +123,7 @@ async fn run(step: &mut Step, started: Instant) -> Result<()> {
     let mut invocations = 0;
     while receiver.received().len() < ids.len() {
         if started.elapsed() > DEADLINE {
-            return Err(
-                format!("not every export finished within {} s", DEADLINE.as_secs()).into(),
-            );
+            return Err(format!("not every export finished within {} s", DEADLINE.as_secs()).into());
         }
         if let Some(status) = lambda.exited() {
             return Err(format!("the function exited ({status}); see {log}.err").into());
@@ -153,11 +137,7 @@ async fn run(step: &mut Step, started: Instant) -> Result<()> {
 
 /// Receives what is visible on the queue and invokes the function with it, as Lambda's SQS
 /// poller does: records the function does not report as failed are deleted.
-async fn deliver_once(
-    sqs: &aws_sdk_sqs::Client,
-    lambda: &LocalLambda,
-    queue_url: &str,
-) -> Result<usize> {
+async fn deliver_once(sqs: &aws_sdk_sqs::Client, lambda: &LocalLambda, queue_url: &str) -> Result<usize> {
     let received = sqs
         .receive_message()
         .queue_url(queue_url)
@@ -207,11 +187,7 @@ async fn deliver_once(
         failed.len()
     );
     if !done.is_empty() {
-        sqs.delete_message_batch()
-            .queue_url(queue_url)
-            .set_entries(Some(done))
-            .send()
-            .await?;
+        sqs.delete_message_batch().queue_url(queue_url).set_entries(Some(done)).send().await?;
     }
     Ok(1)
 }
@@ -232,11 +208,7 @@ async fn report(
         let path: Vec<String> = history
             .iter()
             .map(|(status, at)| {
-                format!(
-                    "{} (+{:.1}s)",
-                    status.as_str(),
-                    (*at - first.unwrap_or(*at)).as_seconds_f64()
-                )
+                format!("{} (+{:.1}s)", status.as_str(), (*at - first.unwrap_or(*at)).as_seconds_f64())
             })
             .collect();
         println!("  {id}: {}", path.join(" -> "));
@@ -245,16 +217,7 @@ async fn report(
     let listed = s3.list_objects_v2().bucket(bucket).send().await?;
     for object in listed.contents() {
         let key = object.key().unwrap_or_default();
-        let bytes = s3
-            .get_object()
-            .bucket(bucket)
-            .key(key)
-            .send()
-            .await?
-            .body
-            .collect()
-            .await?
-            .into_bytes();
+        let bytes = s3.get_object().bucket(bucket).key(key).send().await?.body.collect().await?.into_bytes();
         let sha = format!("{:x}", Sha256::digest(&bytes));
         println!("  {key}  {:>9} bytes  sha256 {}", bytes.len(), &sha[..16]);
     }

@@ -47,16 +47,9 @@ impl fmt::Debug for Secret {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
     #[error("{var} is not set: {expected}")]
-    Missing {
-        var: &'static str,
-        expected: &'static str,
-    },
+    Missing { var: &'static str, expected: &'static str },
     #[error("{var} is invalid: {expected}, got {got:?}")]
-    Invalid {
-        var: &'static str,
-        expected: String,
-        got: String,
-    },
+    Invalid { var: &'static str, expected: String, got: String },
 }
 
 #[derive(Debug, Clone)]
@@ -118,17 +111,11 @@ pub struct RetryPolicy {
 
 impl RetryPolicy {
     /// DealMachine's advice: 1, 2, 4, 8 s, capped at 30 s, with jitter.
-    pub const API: Self = Self {
-        retries: 4,
-        first_delay: Duration::from_secs(1),
-        max_delay: Duration::from_secs(30),
-    };
+    pub const API: Self =
+        Self { retries: 4, first_delay: Duration::from_secs(1), max_delay: Duration::from_secs(30) };
     /// A webhook gets a few fast tries; after that SQS redelivers the record.
-    pub const WEBHOOK: Self = Self {
-        retries: 2,
-        first_delay: Duration::from_millis(500),
-        max_delay: Duration::from_secs(5),
-    };
+    pub const WEBHOOK: Self =
+        Self { retries: 2, first_delay: Duration::from_millis(500), max_delay: Duration::from_secs(5) };
 }
 
 impl Config {
@@ -141,11 +128,7 @@ impl Config {
         let env = Env(&lookup);
         let allow_insecure_http = env.boolean("ALLOW_INSECURE_HTTP", false)?;
         let poll = PollPolicy {
-            initial_delay: env.seconds(
-                "POLL_INITIAL_DELAY_SECONDS",
-                30,
-                0..=MAX_SQS_DELAY_SECONDS,
-            )?,
+            initial_delay: env.seconds("POLL_INITIAL_DELAY_SECONDS", 30, 0..=MAX_SQS_DELAY_SECONDS)?,
             max_delay: env.seconds("POLL_MAX_DELAY_SECONDS", 900, 1..=MAX_SQS_DELAY_SECONDS)?,
             timeout: env.seconds("POLL_TIMEOUT_SECONDS", 86_400, 1..=30 * 86_400)?,
         };
@@ -157,29 +140,19 @@ impl Config {
             ));
         }
         Ok(Self {
-            api_key: Secret::new(env.required(
-                "DEALMACHINE_API_KEY",
-                "the DealMachine API key (dm_sk_live_...)",
-            )?),
+            api_key: Secret::new(
+                env.required("DEALMACHINE_API_KEY", "the DealMachine API key (dm_sk_live_...)")?,
+            ),
             api_url: env.url("DEALMACHINE_API_URL", DEFAULT_API_URL, allow_insecure_http)?,
-            bucket: env.required(
-                "DESTINATION_BUCKET",
-                "the name of the S3 bucket for the files",
-            )?,
-            prefix: prefix(
-                env.optional("DESTINATION_PREFIX")
-                    .unwrap_or_else(|| DEFAULT_PREFIX.into()),
-            )?,
-            queue_url: env.required(
-                "QUEUE_URL",
-                "the URL of the SQS queue that running exports are re-enqueued on",
-            )?,
+            bucket: env.required("DESTINATION_BUCKET", "the name of the S3 bucket for the files")?,
+            prefix: prefix(env.optional("DESTINATION_PREFIX").unwrap_or_else(|| DEFAULT_PREFIX.into()))?,
+            queue_url: env
+                .required("QUEUE_URL", "the URL of the SQS queue that running exports are re-enqueued on")?,
             dead_letter_queue_url: env.optional("DEAD_LETTER_QUEUE_URL"),
             webhook: webhook(&env, allow_insecure_http)?,
             poll,
             download_hosts: download_hosts(
-                &env.optional("DOWNLOAD_HOSTS")
-                    .unwrap_or_else(|| DEFAULT_DOWNLOAD_HOSTS.into()),
+                &env.optional("DOWNLOAD_HOSTS").unwrap_or_else(|| DEFAULT_DOWNLOAD_HOSTS.into()),
             )?,
             allow_insecure_http,
             s3_force_path_style: env.boolean("S3_FORCE_PATH_STYLE", false)?,
@@ -192,8 +165,7 @@ impl Config {
                 .optional("PRESIGN_TTL_SECONDS")
                 .map(|_| env.seconds("PRESIGN_TTL_SECONDS", 0, 1..=MAX_PRESIGN_SECONDS))
                 .transpose()?,
-            part_size: env.number("PART_SIZE_MIB", 8, MIN_PART_SIZE_MIB as u64..=512)? as usize
-                * MIB,
+            part_size: env.number("PART_SIZE_MIB", 8, MIN_PART_SIZE_MIB as u64..=512)? as usize * MIB,
             download_idle_timeout: env.seconds("DOWNLOAD_IDLE_TIMEOUT_SECONDS", 60, 1..=900)?,
             parts_in_flight: env.number("PARTS_IN_FLIGHT", 4, 1..=64)? as usize,
             api_retry: RetryPolicy::API,
@@ -201,13 +173,8 @@ impl Config {
     }
 
     /// Builds settings from `NAME=value` pairs; handy in tests and tools.
-    pub fn from_pairs<'a>(
-        pairs: impl IntoIterator<Item = (&'a str, &'a str)>,
-    ) -> Result<Self, ConfigError> {
-        let map: HashMap<String, String> = pairs
-            .into_iter()
-            .map(|(k, v)| (k.into(), v.into()))
-            .collect();
+    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<Self, ConfigError> {
+        let map: HashMap<String, String> = pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect();
         Self::from_lookup(|name| map.get(name).cloned())
     }
 }
@@ -248,15 +215,10 @@ fn prefix(raw: String) -> Result<String, ConfigError> {
 }
 
 fn download_hosts(raw: &str) -> Result<Vec<String>, ConfigError> {
-    let hosts: Vec<String> = raw
-        .split(',')
-        .map(|h| h.trim().to_ascii_lowercase())
-        .filter(|h| !h.is_empty())
-        .collect();
-    let valid = |h: &String| {
-        h.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'))
-    };
+    let hosts: Vec<String> =
+        raw.split(',').map(|h| h.trim().to_ascii_lowercase()).filter(|h| !h.is_empty()).collect();
+    let valid =
+        |h: &String| h.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'));
     if hosts.is_empty() || !hosts.iter().all(valid) {
         return Err(invalid(
             "DOWNLOAD_HOSTS",
@@ -272,21 +234,15 @@ fn parse_url(var: &'static str, raw: &str, allow_insecure_http: bool) -> Result<
     match url.scheme() {
         "https" => Ok(url),
         "http" if allow_insecure_http => Ok(url),
-        "http" => Err(invalid(
-            var,
-            "an https:// URL (http:// needs ALLOW_INSECURE_HTTP=true)",
-            raw.to_string(),
-        )),
+        "http" => {
+            Err(invalid(var, "an https:// URL (http:// needs ALLOW_INSECURE_HTTP=true)", raw.to_string()))
+        }
         _ => Err(invalid(var, "an https:// URL", raw.to_string())),
     }
 }
 
 fn invalid(var: &'static str, expected: &str, got: String) -> ConfigError {
-    ConfigError::Invalid {
-        var,
-        expected: expected.to_string(),
-        got,
-    }
+    ConfigError::Invalid { var, expected: expected.to_string(), got }
 }
 
 /// Lookup helpers that treat an empty value as unset, as SAM passes empty parameters.
@@ -298,21 +254,11 @@ impl Env<'_> {
     }
 
     fn required(&self, var: &'static str, expected: &'static str) -> Result<String, ConfigError> {
-        self.optional(var)
-            .ok_or(ConfigError::Missing { var, expected })
+        self.optional(var).ok_or(ConfigError::Missing { var, expected })
     }
 
-    fn url(
-        &self,
-        var: &'static str,
-        default: &str,
-        allow_insecure_http: bool,
-    ) -> Result<Url, ConfigError> {
-        parse_url(
-            var,
-            &self.optional(var).unwrap_or_else(|| default.into()),
-            allow_insecure_http,
-        )
+    fn url(&self, var: &'static str, default: &str, allow_insecure_http: bool) -> Result<Url, ConfigError> {
+        parse_url(var, &self.optional(var).unwrap_or_else(|| default.into()), allow_insecure_http)
     }
 
     fn boolean(&self, var: &'static str, default: bool) -> Result<bool, ConfigError> {
@@ -335,11 +281,7 @@ impl Env<'_> {
         };
         match raw.trim().parse::<u64>() {
             Ok(n) if range.contains(&n) => Ok(n),
-            _ => Err(invalid(
-                var,
-                &format!("a whole number from {} to {}", range.start(), range.end()),
-                raw,
-            )),
+            _ => Err(invalid(var, &format!("a whole number from {} to {}", range.start(), range.end()), raw)),
         }
     }
 
@@ -391,10 +333,7 @@ mod tests {
         for var in ["DEALMACHINE_API_KEY", "DESTINATION_BUCKET", "QUEUE_URL"] {
             let pairs: Vec<_> = base().into_iter().filter(|(k, _)| *k != var).collect();
             let err = Config::from_pairs(pairs).unwrap_err();
-            assert!(
-                err.to_string().starts_with(&format!("{var} is not set")),
-                "{err}"
-            );
+            assert!(err.to_string().starts_with(&format!("{var} is not set")), "{err}");
         }
     }
 
@@ -403,13 +342,7 @@ mod tests {
         let mut pairs = base();
         pairs[1] = ("DESTINATION_BUCKET", "  ");
         let err = Config::from_pairs(pairs).unwrap_err();
-        assert!(matches!(
-            err,
-            ConfigError::Missing {
-                var: "DESTINATION_BUCKET",
-                ..
-            }
-        ));
+        assert!(matches!(err, ConfigError::Missing { var: "DESTINATION_BUCKET", .. }));
     }
 
     #[test]
@@ -431,53 +364,29 @@ mod tests {
         ];
         for (var, value) in cases {
             let err = with(&[(var, value)]).unwrap_err();
-            assert!(
-                err.to_string().starts_with(&format!("{var} is invalid")),
-                "{var}={value}: {err}"
-            );
+            assert!(err.to_string().starts_with(&format!("{var} is invalid")), "{var}={value}: {err}");
         }
     }
 
     #[test]
     fn max_delay_below_initial_delay_is_refused() {
-        let err = with(&[
-            ("POLL_INITIAL_DELAY_SECONDS", "60"),
-            ("POLL_MAX_DELAY_SECONDS", "30"),
-        ])
-        .unwrap_err();
+        let err =
+            with(&[("POLL_INITIAL_DELAY_SECONDS", "60"), ("POLL_MAX_DELAY_SECONDS", "30")]).unwrap_err();
         assert!(err.to_string().contains("POLL_MAX_DELAY_SECONDS"), "{err}");
     }
 
     #[test]
     fn webhook_needs_a_whsec_secret_and_https() {
         let err = with(&[("WEBHOOK_URL", "https://hooks.example.com/x")]).unwrap_err();
-        assert!(matches!(
-            err,
-            ConfigError::Missing {
-                var: "WEBHOOK_SECRET",
-                ..
-            }
-        ));
+        assert!(matches!(err, ConfigError::Missing { var: "WEBHOOK_SECRET", .. }));
 
-        let err = with(&[
-            ("WEBHOOK_URL", "https://hooks.example.com/x"),
-            ("WEBHOOK_SECRET", "plain"),
-        ])
-        .unwrap_err();
-        assert!(
-            err.to_string().starts_with("WEBHOOK_SECRET is invalid"),
-            "{err}"
-        );
-        assert!(
-            !err.to_string().contains("plain"),
-            "the secret must not be echoed: {err}"
-        );
+        let err =
+            with(&[("WEBHOOK_URL", "https://hooks.example.com/x"), ("WEBHOOK_SECRET", "plain")]).unwrap_err();
+        assert!(err.to_string().starts_with("WEBHOOK_SECRET is invalid"), "{err}");
+        assert!(!err.to_string().contains("plain"), "the secret must not be echoed: {err}");
 
-        let err = with(&[
-            ("WEBHOOK_URL", "http://hooks.example.com/x"),
-            ("WEBHOOK_SECRET", SECRET),
-        ])
-        .unwrap_err();
+        let err =
+            with(&[("WEBHOOK_URL", "http://hooks.example.com/x"), ("WEBHOOK_SECRET", SECRET)]).unwrap_err();
         assert!(err.to_string().contains("ALLOW_INSECURE_HTTP"), "{err}");
 
         let ok = with(&[
@@ -491,16 +400,11 @@ mod tests {
 
     #[test]
     fn prefix_gets_a_trailing_slash_and_hosts_are_normalised() {
-        let config = with(&[
-            ("DESTINATION_PREFIX", "team/drops"),
-            ("DOWNLOAD_HOSTS", "A.example.com, b.example.com"),
-        ])
-        .unwrap();
+        let config =
+            with(&[("DESTINATION_PREFIX", "team/drops"), ("DOWNLOAD_HOSTS", "A.example.com, b.example.com")])
+                .unwrap();
         assert_eq!(config.prefix, "team/drops/");
-        assert_eq!(
-            config.download_hosts,
-            vec!["a.example.com", "b.example.com"]
-        );
+        assert_eq!(config.download_hosts, vec!["a.example.com", "b.example.com"]);
     }
 
     #[test]

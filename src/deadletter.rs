@@ -32,19 +32,10 @@ impl DeadLetters {
         self.sqs
             .send_message()
             .queue_url(&self.queue_url)
-            .message_body(
-                record
-                    .body
-                    .clone()
-                    .filter(|b| !b.is_empty())
-                    .unwrap_or_else(|| "<empty>".into()),
-            )
+            .message_body(record.body.clone().filter(|b| !b.is_empty()).unwrap_or_else(|| "<empty>".into()))
             .message_attributes("error_code", text(code))
             .message_attributes("error_message", text(&reason))
-            .message_attributes(
-                "source_message_id",
-                text(record.message_id.as_deref().unwrap_or_default()),
-            )
+            .message_attributes("source_message_id", text(record.message_id.as_deref().unwrap_or_default()))
             .send()
             .await
             .map(|_| ())

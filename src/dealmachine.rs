@@ -95,24 +95,16 @@ pub struct Page {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    #[error(
-        "export not found (404): check the ID and that it belongs to this API key's organization [{0}]"
-    )]
+    #[error("export not found (404): check the ID and that it belongs to this API key's organization [{0}]")]
     NotFound(ApiMessage),
     #[error("this API key may not read the export (403) [{0}]")]
     Forbidden(ApiMessage),
     #[error("the API key was refused (401): set a valid key in DEALMACHINE_API_KEY [{0}]")]
     Unauthorized(ApiMessage),
     #[error("rate limited by the DealMachine API (429), retry after {:?} [{message}]", rate.throttled_for)]
-    RateLimited {
-        rate: Box<RateInfo>,
-        message: ApiMessage,
-    },
+    RateLimited { rate: Box<RateInfo>, message: ApiMessage },
     #[error("the DealMachine API answered {status} [{message}]")]
-    Status {
-        status: StatusCode,
-        message: ApiMessage,
-    },
+    Status { status: StatusCode, message: ApiMessage },
     #[error("could not reach the DealMachine API: {0}")]
     Transport(#[source] reqwest::Error),
     #[error("the DealMachine API answered something that is not an export: {0}")]
@@ -122,10 +114,8 @@ pub enum ApiError {
 impl ApiError {
     /// True when asking again can never succeed, so the record should not be retried.
     pub fn is_permanent(&self) -> bool {
-        matches!(
-            self,
-            Self::NotFound(_) | Self::Forbidden(_) | Self::Unauthorized(_)
-        ) || matches!(self, Self::Status { status, .. } if *status == StatusCode::BAD_REQUEST)
+        matches!(self, Self::NotFound(_) | Self::Forbidden(_) | Self::Unauthorized(_))
+            || matches!(self, Self::Status { status, .. } if *status == StatusCode::BAD_REQUEST)
     }
 
     /// True when the API says this export is not ours to read: consumers hear `export.failed`.
@@ -179,12 +169,7 @@ pub struct DealMachineClient {
 
 impl DealMachineClient {
     pub fn new(http: reqwest::Client, base: Url, key: Secret, retry: RetryPolicy) -> Self {
-        Self {
-            http,
-            base,
-            key,
-            retry,
-        }
+        Self { http, base, key, retry }
     }
 
     pub async fn get_export(&self, id: &ExportId) -> Result<Fetched, ApiError> {
@@ -217,11 +202,7 @@ impl DealMachineClient {
     }
 
     /// A `GET` with the key, short retries, a size cap, and DealMachine's error shape read.
-    async fn get(
-        &self,
-        segments: &[&str],
-        query: &[(&str, String)],
-    ) -> Result<(Bytes, RateInfo), ApiError> {
+    async fn get(&self, segments: &[&str], query: &[(&str, String)]) -> Result<(Bytes, RateInfo), ApiError> {
         let mut url = self.url(segments);
         if !query.is_empty() {
             url.query_pairs_mut().extend_pairs(query);
@@ -238,12 +219,10 @@ impl DealMachineClient {
             remaining_today: header_number(&sent.response, "x-ratelimit-remaining-day"),
         };
         let status = sent.response.status();
-        let body = http::read_capped(sent.response, MAX_BODY_BYTES)
-            .await
-            .map_err(|e| match e {
-                BodyError::Read(e) => ApiError::Transport(e.without_url()),
-                too_large => ApiError::InvalidResponse(too_large.to_string()),
-            })?;
+        let body = http::read_capped(sent.response, MAX_BODY_BYTES).await.map_err(|e| match e {
+            BodyError::Read(e) => ApiError::Transport(e.without_url()),
+            too_large => ApiError::InvalidResponse(too_large.to_string()),
+        })?;
         if !status.is_success() {
             return Err(error_for(status, &body, rate));
         }
@@ -265,14 +244,7 @@ fn is_transient(status: StatusCode) -> bool {
 }
 
 fn header_number(response: &reqwest::Response, name: &str) -> Option<u64> {
-    response
-        .headers()
-        .get(name)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+    response.headers().get(name)?.to_str().ok()?.trim().parse().ok()
 }
 
 /// Parses `{"data": [...], "pagination": {"has_more"}}`.
@@ -288,10 +260,7 @@ pub fn parse_page(body: &[u8]) -> Result<Page, ApiError> {
     }
     let page: Envelope = serde_json::from_slice(body)
         .map_err(|e| ApiError::InvalidResponse(format!("{e} (body starts {:?})", excerpt(body))))?;
-    Ok(Page {
-        exports: page.data,
-        has_more: page.pagination.has_more,
-    })
+    Ok(Page { exports: page.data, has_more: page.pagination.has_more })
 }
 
 /// Parses `{"data": {...}}` into an export, with an error that says what was wrong.
@@ -320,18 +289,12 @@ fn error_for(status: StatusCode, body: &[u8], rate: RateInfo) -> ApiError {
     }
     let message = serde_json::from_slice::<Envelope>(body)
         .map(|e| e.error)
-        .unwrap_or_else(|_| ApiMessage {
-            message: Some(excerpt(body)),
-            ..Default::default()
-        });
+        .unwrap_or_else(|_| ApiMessage { message: Some(excerpt(body)), ..Default::default() });
     match status {
         StatusCode::NOT_FOUND => ApiError::NotFound(message),
         StatusCode::FORBIDDEN => ApiError::Forbidden(message),
         StatusCode::UNAUTHORIZED => ApiError::Unauthorized(message),
-        StatusCode::TOO_MANY_REQUESTS => ApiError::RateLimited {
-            rate: Box::new(rate),
-            message,
-        },
+        StatusCode::TOO_MANY_REQUESTS => ApiError::RateLimited { rate: Box::new(rate), message },
         status => ApiError::Status { status, message },
     }
 }
@@ -403,10 +366,7 @@ mod tests {
 
     #[test]
     fn expiry_follows_the_urls_and_the_clock() {
-        let mut export = parse_export(include_bytes!(
-            "../tests/fixtures/get-export-completed.json"
-        ))
-        .unwrap();
+        let mut export = parse_export(include_bytes!("../tests/fixtures/get-export-completed.json")).unwrap();
         let before = "2026-02-20T00:00:00Z".parse().unwrap();
         let after = "2026-02-25T00:00:00Z".parse().unwrap();
         assert!(!export.is_expired(before));

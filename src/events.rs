@@ -37,11 +37,7 @@ impl ExportId {
     pub fn parse(raw: &str) -> Result<Self, EventError> {
         let ok = (1..=MAX_EXPORT_ID_LEN).contains(&raw.len())
             && raw.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
-        if ok {
-            Ok(Self(raw.to_string()))
-        } else {
-            Err(EventError::InvalidExportId(shorten(raw)))
-        }
+        if ok { Ok(Self(raw.to_string())) } else { Err(EventError::InvalidExportId(shorten(raw))) }
     }
 
     pub fn as_str(&self) -> &str {
@@ -86,12 +82,7 @@ fn first_attempt() -> u32 {
 
 impl ExportRequest {
     pub fn new(export_id: ExportId) -> Self {
-        Self {
-            export_id,
-            metadata: None,
-            attempt: 1,
-            first_seen_at: None,
-        }
+        Self { export_id, metadata: None, attempt: 1, first_seen_at: None }
     }
 
     /// Parses an SQS body: a bare export ID, or `{"export_id": ..., "metadata": {...}}`.
@@ -155,19 +146,13 @@ impl Invocation {
                 .map_err(|e| EventError::Malformed(format!("not an SQS event ({e})")));
         }
         if fields.get("detail-type").and_then(Value::as_str) == Some("Scheduled Event") {
-            return schedule(
-                fields
-                    .remove("detail")
-                    .unwrap_or_else(|| Value::Object(Map::new())),
-            );
+            return schedule(fields.remove("detail").unwrap_or_else(|| Value::Object(Map::new())));
         }
         if fields.contains_key("export_ids") || fields.contains_key("sweep") || fields.is_empty() {
             return schedule(Value::Object(fields));
         }
         if fields.contains_key("export_id") {
-            return serde_json::from_value(Value::Object(fields))
-                .map(Invocation::Direct)
-                .map_err(data_error);
+            return serde_json::from_value(Value::Object(fields)).map(Invocation::Direct).map_err(data_error);
         }
         Err(EventError::Unrecognised)
     }
@@ -243,10 +228,7 @@ mod tests {
         let request = ExportRequest::from_body(&body).unwrap();
         assert_eq!(request.metadata.unwrap()["crm"], "hubspot");
         assert_eq!(request.attempt, 4);
-        assert_eq!(
-            request.first_seen_at.unwrap().to_rfc3339(),
-            "2026-02-17T15:30:00+00:00"
-        );
+        assert_eq!(request.first_seen_at.unwrap().to_rfc3339(), "2026-02-17T15:30:00+00:00");
     }
 
     #[test]
@@ -289,14 +271,11 @@ mod tests {
     #[test]
     fn events_are_classified_by_shape() {
         let sqs = json!({"Records": [{"messageId": "m1", "body": ID, "eventSource": "aws:sqs"}]});
-        assert!(
-            matches!(Invocation::classify(sqs).unwrap(), Invocation::Sqs(e) if e.records.len() == 1)
-        );
+        assert!(matches!(Invocation::classify(sqs).unwrap(), Invocation::Sqs(e) if e.records.len() == 1));
 
-        let rule = json!({"detail-type": "Scheduled Event", "source": "aws.events", "detail": {"export_ids": [ID]}});
-        assert!(
-            matches!(Invocation::classify(rule).unwrap(), Invocation::Schedule(ids) if ids == [ID])
-        );
+        let rule =
+            json!({"detail-type": "Scheduled Event", "source": "aws.events", "detail": {"export_ids": [ID]}});
+        assert!(matches!(Invocation::classify(rule).unwrap(), Invocation::Schedule(ids) if ids == [ID]));
 
         let scheduler = json!({"export_ids": [ID, "bad id"]});
         assert!(
@@ -315,27 +294,18 @@ mod tests {
         ];
         let expected = [(48, None), (6, Some(50)), (48, None)];
         for (event, (hours, max)) in sweeps.into_iter().zip(expected) {
-            let Invocation::Sweep(sweep) = Invocation::classify(event).unwrap() else {
-                panic!("a sweep")
-            };
+            let Invocation::Sweep(sweep) = Invocation::classify(event).unwrap() else { panic!("a sweep") };
             assert_eq!((sweep.lookback_hours, sweep.max_exports), (hours, max));
         }
         assert!(Invocation::classify(json!({"sweep": true, "lookback_hours": -1})).is_err());
 
-        assert_eq!(
-            Invocation::classify(json!({"hello": 1})).unwrap_err(),
-            EventError::Unrecognised
-        );
-        assert_eq!(
-            Invocation::classify(json!([1, 2])).unwrap_err(),
-            EventError::Unrecognised
-        );
+        assert_eq!(Invocation::classify(json!({"hello": 1})).unwrap_err(), EventError::Unrecognised);
+        assert_eq!(Invocation::classify(json!([1, 2])).unwrap_err(), EventError::Unrecognised);
     }
 
     #[test]
     fn the_sample_events_in_the_repository_are_understood() {
-        let sample =
-            |text: &str| Invocation::classify(serde_json::from_str(text).unwrap()).unwrap();
+        let sample = |text: &str| Invocation::classify(serde_json::from_str(text).unwrap()).unwrap();
         let Invocation::Sqs(batch) = sample(include_str!("../events/sqs.json")) else {
             panic!("sqs.json is not an SQS event");
         };
@@ -345,9 +315,6 @@ mod tests {
         assert!(
             matches!(sample(include_str!("../events/schedule.json")), Invocation::Schedule(ids) if ids.len() == 2)
         );
-        assert!(matches!(
-            sample(include_str!("../events/direct.json")),
-            Invocation::Direct(_)
-        ));
+        assert!(matches!(sample(include_str!("../events/direct.json")), Invocation::Direct(_)));
     }
 }

@@ -16,9 +16,7 @@ use crate::dealmachine::{ApiError, DealMachineClient, DownloadFile, Export, Expo
 use crate::events::{EventError, ExportId, ExportRequest, Invocation};
 use crate::manifest::{Ledger, LedgerError, Manifest, ManifestFile};
 use crate::metrics::Metrics;
-use crate::notify::{
-    Delivery, ErrorInfo, Event, EventData, EventType, FileRef, Notifier, NotifyError,
-};
+use crate::notify::{Delivery, ErrorInfo, Event, EventData, EventType, FileRef, Notifier, NotifyError};
 use crate::requeue::{self, EnqueueError, Requeuer};
 use crate::transfer::{self, Deadline, Destination, Transfer, TransferError};
 
@@ -110,10 +108,7 @@ impl RelayError {
     }
 
     fn info(&self) -> ErrorInfo {
-        ErrorInfo {
-            code: self.code().into(),
-            message: self.to_string(),
-        }
+        ErrorInfo { code: self.code().into(), message: self.to_string() }
     }
 }
 
@@ -143,29 +138,11 @@ struct Ending<'a> {
 
 impl<'a> Ending<'a> {
     fn completed(export: &'a Export, manifest: &'a Manifest) -> Self {
-        Self {
-            kind: EventType::Completed,
-            export: Some(export),
-            manifest: Some(manifest),
-            error: None,
-        }
+        Self { kind: EventType::Completed, export: Some(export), manifest: Some(manifest), error: None }
     }
 
-    fn without_files(
-        kind: EventType,
-        export: Option<&'a Export>,
-        code: &str,
-        message: String,
-    ) -> Self {
-        Self {
-            kind,
-            export,
-            manifest: None,
-            error: Some(ErrorInfo {
-                code: code.into(),
-                message,
-            }),
-        }
+    fn without_files(kind: EventType, export: Option<&'a Export>, code: &str, message: String) -> Self {
+        Self { kind, export, manifest: None, error: Some(ErrorInfo { code: code.into(), message }) }
     }
 
     fn from_error(kind: EventType, export: Option<&'a Export>, error: &RelayError) -> Self {
@@ -182,23 +159,14 @@ impl Relay {
             Invocation::Schedule(ids) => Ok(to_json(self.handle_schedule(ids, deadline).await?)),
             Invocation::Sweep(request) => Ok(to_json(self.sweep(request).await?)),
             Invocation::Direct(request) => {
-                let span =
-                    info_span!("export", export_id = %request.export_id, attempt = request.attempt);
-                Ok(to_json(
-                    self.handle_direct(request, deadline)
-                        .instrument(span)
-                        .await?,
-                ))
+                let span = info_span!("export", export_id = %request.export_id, attempt = request.attempt);
+                Ok(to_json(self.handle_direct(request, deadline).instrument(span).await?))
             }
         }
     }
 
     /// Relays one export as far as it can go now. This is the whole flow, top to bottom.
-    pub async fn relay(
-        &self,
-        request: &ExportRequest,
-        deadline: Deadline,
-    ) -> Result<Report, RelayError> {
+    pub async fn relay(&self, request: &ExportRequest, deadline: Deadline) -> Result<Report, RelayError> {
         let fetched = match self.api.get_export(&request.export_id).await {
             Ok(fetched) => fetched,
             Err(ApiError::RateLimited { rate, .. }) => {
@@ -207,31 +175,21 @@ impl Relay {
             }
             Err(e) if e.is_unreadable_export() => {
                 let error = RelayError::from(e);
-                self.announce(request, Ending::from_error(EventType::Failed, None, &error))
-                    .await?;
+                self.announce(request, Ending::from_error(EventType::Failed, None, &error)).await?;
                 return Err(error);
             }
             Err(e) => return Err(e.into()),
         };
-        self.metrics
-            .api_answer(fetched.rate.rate_limited, fetched.rate.remaining);
+        self.metrics.api_answer(fetched.rate.rate_limited, fetched.rate.remaining);
         let export = &fetched.export;
         info!(status = ?export.status, progress = export.progress, stage = export.progress_stage.as_deref(), "status fetched");
         match export.status {
             ExportStatus::Pending | ExportStatus::Processing if self.polled_too_long(request) => {
-                let message = format!(
-                    "still {:?} after {} s of polling",
-                    export.status,
-                    self.poll.timeout.as_secs()
-                );
+                let message =
+                    format!("still {:?} after {} s of polling", export.status, self.poll.timeout.as_secs());
                 self.announce(
                     request,
-                    Ending::without_files(
-                        EventType::TimedOut,
-                        Some(export),
-                        "poll_timeout",
-                        message,
-                    ),
+                    Ending::without_files(EventType::TimedOut, Some(export), "poll_timeout", message),
                 )
                 .await
             }
@@ -243,12 +201,7 @@ impl Relay {
                 let message = format!("DealMachine reports the export failed (stage: {stage})");
                 self.announce(
                     request,
-                    Ending::without_files(
-                        EventType::Failed,
-                        Some(export),
-                        "export_failed",
-                        message,
-                    ),
+                    Ending::without_files(EventType::Failed, Some(export), "export_failed", message),
                 )
                 .await
             }
@@ -269,17 +222,11 @@ impl Relay {
                 manifest
             }
             None if export.is_expired(Utc::now()) => {
-                let message =
-                    "the export's download links are gone; run the export again".to_string();
+                let message = "the export's download links are gone; run the export again".to_string();
                 return self
                     .announce(
                         request,
-                        Ending::without_files(
-                            EventType::Expired,
-                            Some(export),
-                            "export_expired",
-                            message,
-                        ),
+                        Ending::without_files(EventType::Expired, Some(export), "export_expired", message),
                     )
                     .await;
             }
@@ -287,25 +234,18 @@ impl Relay {
                 Ok(manifest) => manifest,
                 Err(e @ RelayError::Transfer(TransferError::SourceGone(_))) => {
                     return self
-                        .announce(
-                            request,
-                            Ending::from_error(EventType::Expired, Some(export), &e),
-                        )
+                        .announce(request, Ending::from_error(EventType::Expired, Some(export), &e))
                         .await;
                 }
                 Err(e) if is_bad_export(&e) => {
                     return self
-                        .announce(
-                            request,
-                            Ending::from_error(EventType::Failed, Some(export), &e),
-                        )
+                        .announce(request, Ending::from_error(EventType::Failed, Some(export), &e))
                         .await;
                 }
                 Err(e) => return Err(e),
             },
         };
-        self.announce(request, Ending::completed(export, &manifest))
-            .await
+        self.announce(request, Ending::completed(export, &manifest)).await
     }
 
     /// The webhook's view of the committed files, with presigned links when configured.
@@ -339,10 +279,7 @@ impl Relay {
         mark: bool,
     ) -> Result<(), RelayError> {
         if mark && self.ledger.delivered(id, event.kind).await? {
-            info!(
-                event = event.kind.as_str(),
-                "webhook was delivered before; not sent again"
-            );
+            info!(event = event.kind.as_str(), "webhook was delivered before; not sent again");
             return Ok(());
         }
         let sent = notifier.send(event).await;
@@ -356,33 +293,21 @@ impl Relay {
             Delivery::Delivered { tries } => {
                 info!(event = event.kind.as_str(), webhook_id = %event.webhook_id(), tries, "webhook delivered")
             }
-            Delivery::Gone => warn!(
-                event = event.kind.as_str(),
-                "webhook dropped: endpoint gone"
-            ),
+            Delivery::Gone => warn!(event = event.kind.as_str(), "webhook dropped: endpoint gone"),
         }
         if mark {
-            self.ledger
-                .mark_delivered(id, event.kind, &event.webhook_id())
-                .await?;
+            self.ledger.mark_delivered(id, event.kind, &event.webhook_id()).await?;
         }
         Ok(())
     }
 
-    async fn copy_and_commit(
-        &self,
-        export: &Export,
-        deadline: Deadline,
-    ) -> Result<Manifest, RelayError> {
+    async fn copy_and_commit(&self, export: &Export, deadline: Deadline) -> Result<Manifest, RelayError> {
         let manifest = Manifest::new(export, self.copy_files(export, deadline).await?);
         match &manifest.verification_error {
             Some(reason) if self.strict_record_count => {
                 return Err(RelayError::Unverified(reason.clone()));
             }
-            Some(reason) => warn!(
-                reason,
-                "committing an unverified export (STRICT_RECORD_COUNT is off)"
-            ),
+            Some(reason) => warn!(reason, "committing an unverified export (STRICT_RECORD_COUNT is off)"),
             None => {}
         }
         let committed = self.ledger.commit(manifest).await?;
@@ -409,11 +334,7 @@ impl Relay {
             // A poll chain starts: tell the sweep, so it does not start a second one.
             self.ledger.mark_in_flight(&request.export_id).await?;
         }
-        info!(
-            next_attempt = next.attempt,
-            delay_seconds = delay.as_secs(),
-            "requeued"
-        );
+        info!(next_attempt = next.attempt, delay_seconds = delay.as_secs(), "requeued");
         self.metrics.outcome(Outcome::Requeued.as_str());
         Ok(Report {
             next_attempt: Some(next.attempt),
@@ -425,10 +346,7 @@ impl Relay {
     /// Copies every file of a completed export, one after another.
     /// Where each file goes. Every name and URL is checked before the first byte moves, so a
     /// refused export leaves nothing behind.
-    fn plan<'e>(
-        &self,
-        export: &'e Export,
-    ) -> Result<Vec<(&'e DownloadFile, Destination)>, RelayError> {
+    fn plan<'e>(&self, export: &'e Export) -> Result<Vec<(&'e DownloadFile, Destination)>, RelayError> {
         let files = export.download_urls.as_deref().unwrap_or_default();
         let mut keys = HashSet::new();
         files
@@ -455,18 +373,11 @@ impl Relay {
     }
 
     /// Copies every file of a completed export, one after another.
-    async fn copy_files(
-        &self,
-        export: &Export,
-        deadline: Deadline,
-    ) -> Result<Vec<ManifestFile>, RelayError> {
+    async fn copy_files(&self, export: &Export, deadline: Deadline) -> Result<Vec<ManifestFile>, RelayError> {
         let plan = self.plan(export)?;
         let mut copied = Vec::with_capacity(plan.len());
         for (file, destination) in plan {
-            let done = self
-                .transfer
-                .copy(&file.url, file.size, &destination, deadline)
-                .await?;
+            let done = self.transfer.copy(&file.url, file.size, &destination, deadline).await?;
             let seconds = done.elapsed.as_secs_f64();
             info!(
                 key = %done.key, bytes = done.size, parts = done.parts, seconds,
@@ -488,11 +399,7 @@ impl Relay {
     }
 
     /// Tells downstream how the export ended, and reports it.
-    async fn announce(
-        &self,
-        request: &ExportRequest,
-        ending: Ending<'_>,
-    ) -> Result<Report, RelayError> {
+    async fn announce(&self, request: &ExportRequest, ending: Ending<'_>) -> Result<Report, RelayError> {
         let kind = ending.kind;
         let files = match ending.manifest {
             Some(manifest) => Some(self.file_refs(manifest).await?),
@@ -501,18 +408,9 @@ impl Relay {
         match &self.notifier {
             Some(notifier) => {
                 let event = Event::new(kind, event_data(request, &ending, files.clone()));
-                self.notify_once(
-                    notifier,
-                    &request.export_id,
-                    &event,
-                    ending.export.is_some(),
-                )
-                .await?;
+                self.notify_once(notifier, &request.export_id, &event, ending.export.is_some()).await?;
             }
-            None => info!(
-                event = kind.as_str(),
-                "no WEBHOOK_URL set; nothing to notify"
-            ),
+            None => info!(event = kind.as_str(), "no WEBHOOK_URL set; nothing to notify"),
         }
         let outcome = match kind {
             EventType::Completed => Outcome::Completed,
@@ -522,10 +420,7 @@ impl Relay {
         };
         self.metrics.outcome(outcome.as_str());
         if outcome == Outcome::Completed {
-            let age = ending
-                .export
-                .and_then(|e| e.created_at)
-                .map(|at| (Utc::now() - at).as_seconds_f64());
+            let age = ending.export.and_then(|e| e.created_at).map(|at| (Utc::now() - at).as_seconds_f64());
             self.metrics.completed(request.attempt, age);
         }
         match &ending.error {
@@ -534,11 +429,7 @@ impl Relay {
             }
             None => info!(outcome = ?outcome, "export relayed"),
         }
-        Ok(Report {
-            files,
-            error: ending.error,
-            ..Report::new(request, outcome)
-        })
+        Ok(Report { files, error: ending.error, ..Report::new(request, outcome) })
     }
 
     /// Runs a batch's records at once; the response names only those worth retrying.
@@ -593,10 +484,7 @@ impl Relay {
             tracing::error!(code = error.code(), error = %error, "record can never succeed; dropped (no DEAD_LETTER_QUEUE_URL set)");
             return true;
         };
-        match dead_letters
-            .send(record, error.code(), &error.to_string())
-            .await
-        {
+        match dead_letters.send(record, error.code(), &error.to_string()).await {
             Ok(()) => {
                 tracing::error!(code = error.code(), error = %error, "record can never succeed; sent to the dead-letter queue");
                 self.metrics.outcome("dlq");
@@ -611,11 +499,7 @@ impl Relay {
 
     /// Checks each export a schedule names once. Running ones go on the queue; ones that fail
     /// for a passing reason go on it too, so that SQS retries them and none is lost.
-    pub async fn handle_schedule(
-        &self,
-        ids: Vec<String>,
-        deadline: Deadline,
-    ) -> Result<Value, RelayError> {
+    pub async fn handle_schedule(&self, ids: Vec<String>, deadline: Deadline) -> Result<Value, RelayError> {
         let results: Vec<Value> = stream::iter(ids)
             .map(|id| async move {
                 let request = match ExportId::parse(&id) {
@@ -643,17 +527,12 @@ impl Relay {
     }
 
     /// For operators: the outcome, or the permanent error as a `failed` outcome.
-    async fn handle_direct(
-        &self,
-        request: ExportRequest,
-        deadline: Deadline,
-    ) -> Result<Report, RelayError> {
+    async fn handle_direct(&self, request: ExportRequest, deadline: Deadline) -> Result<Report, RelayError> {
         info!("received");
         match self.relay(&request, deadline).await {
-            Err(e) if e.is_permanent() => Ok(Report {
-                error: Some(e.info()),
-                ..Report::new(&request, Outcome::Failed)
-            }),
+            Err(e) if e.is_permanent() => {
+                Ok(Report { error: Some(e.info()), ..Report::new(&request, Outcome::Failed) })
+            }
             other => other,
         }
     }
@@ -681,11 +560,7 @@ fn is_bad_export(error: &RelayError) -> bool {
     }
 }
 
-fn event_data(
-    request: &ExportRequest,
-    ending: &Ending<'_>,
-    files: Option<Vec<FileRef>>,
-) -> EventData {
+fn event_data(request: &ExportRequest, ending: &Ending<'_>, files: Option<Vec<FileRef>>) -> EventData {
     let export = ending.export;
     EventData {
         export_id: request.export_id.to_string(),
@@ -710,9 +585,6 @@ fn to_json(value: impl Serialize) -> Value {
 /// What Lambda reports for a failed invocation: the error code as its type, and the message.
 impl From<RelayError> for lambda_runtime::Diagnostic {
     fn from(error: RelayError) -> Self {
-        Self {
-            error_type: error.code().into(),
-            error_message: error.to_string(),
-        }
+        Self { error_type: error.code().into(), error_message: error.to_string() }
     }
 }

@@ -79,33 +79,21 @@ pub async fn send_with_retry(
     })
     .await;
     match outcome {
-        Ok(response) | Err(Failure::Status(response)) => Ok(Sent {
-            response,
-            throttled_for,
-            tries,
-            rate_limited,
-        }),
+        Ok(response) | Err(Failure::Status(response)) => {
+            Ok(Sent { response, throttled_for, tries, rate_limited })
+        }
         Err(Failure::Transport(e)) => Err(e),
     }
 }
 
 /// `Retry-After` in seconds or as an HTTP date.
 pub fn retry_after(response: &Response) -> Option<Duration> {
-    let value = response
-        .headers()
-        .get(header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim();
+    let value = response.headers().get(header::RETRY_AFTER)?.to_str().ok()?.trim();
     if let Ok(seconds) = value.parse::<u64>() {
         return Some(Duration::from_secs(seconds));
     }
     let at = chrono::DateTime::parse_from_rfc2822(value).ok()?;
-    Some(
-        (at.to_utc() - chrono::Utc::now())
-            .to_std()
-            .unwrap_or_default(),
-    )
+    Some((at.to_utc() - chrono::Utc::now()).to_std().unwrap_or_default())
 }
 
 /// A body larger than the cap: the peer is broken or hostile.
@@ -119,10 +107,7 @@ pub enum BodyError {
 
 /// Reads at most `limit` bytes of a body, and fails rather than buffer more.
 pub async fn read_capped(response: Response, limit: usize) -> Result<Bytes, BodyError> {
-    if response
-        .content_length()
-        .is_some_and(|len| len > limit as u64)
-    {
+    if response.content_length().is_some_and(|len| len > limit as u64) {
         return Err(BodyError::TooLarge { limit });
     }
     let mut body = BytesMut::new();

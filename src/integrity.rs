@@ -51,11 +51,7 @@ impl Inspector {
         } else {
             Content::Opaque
         };
-        Self {
-            sha256: Sha256::new(),
-            crc: CrcDigest::new(CrcAlgorithm::Crc64Nvme),
-            content,
-        }
+        Self { sha256: Sha256::new(), crc: CrcDigest::new(CrcAlgorithm::Crc64Nvme), content }
     }
 
     pub fn update(&mut self, chunk: &[u8]) -> Result<(), CorruptGzip> {
@@ -82,23 +78,15 @@ impl Inspector {
             Content::Opaque => None,
             Content::Csv(counter) => Some(counter.data_rows()),
             Content::GzipCsv(mut decoder) => {
-                decoder
-                    .try_finish()
-                    .map_err(|e| CorruptGzip(e.to_string()))?;
+                decoder.try_finish().map_err(|e| CorruptGzip(e.to_string()))?;
                 Some(decoder.get_ref().data_rows())
             }
             Content::Gzip(mut decoder) => {
-                decoder
-                    .try_finish()
-                    .map_err(|e| CorruptGzip(e.to_string()))?;
+                decoder.try_finish().map_err(|e| CorruptGzip(e.to_string()))?;
                 None
             }
         };
-        Ok(Inspection {
-            sha256: format!("{:x}", self.sha256.finalize()),
-            crc64nvme,
-            rows,
-        })
+        Ok(Inspection { sha256: format!("{:x}", self.sha256.finalize()), crc64nvme, rows })
     }
 }
 
@@ -164,7 +152,8 @@ mod tests {
 
     #[test]
     fn rows_are_records_not_newlines() {
-        let csv = b"id,name,notes\r\n1,\"Smith, John\",\"line one\nline two\"\r\n2,\"Say \"\"hi\"\"\",x\r\n3,a,b";
+        let csv =
+            b"id,name,notes\r\n1,\"Smith, John\",\"line one\nline two\"\r\n2,\"Say \"\"hi\"\"\",x\r\n3,a,b";
         for chunk in [1, 3, 1000] {
             assert_eq!(inspect("a.csv", csv, chunk).unwrap().rows, Some(3));
         }
@@ -195,14 +184,8 @@ mod tests {
         let last = flipped.len() - 6;
         flipped[last] ^= 0xff; // inside the trailer's CRC
         assert!(inspect("x.csv.gz", &flipped, 16).is_err(), "bad CRC");
-        assert!(
-            inspect("x.csv.gz", &gz[..gz.len() - 4], 16).is_err(),
-            "no trailer"
-        );
-        assert!(
-            inspect("x.gz", b"this is plain text, not gzip", 16).is_err(),
-            "not gzip at all"
-        );
+        assert!(inspect("x.csv.gz", &gz[..gz.len() - 4], 16).is_err(), "no trailer");
+        assert!(inspect("x.gz", b"this is plain text, not gzip", 16).is_err(), "not gzip at all");
         let mut garbage = gz.clone();
         garbage.extend_from_slice(b"junk after the end");
         assert!(inspect("x.gz", &garbage, 16).is_err(), "trailing garbage");
@@ -211,14 +194,8 @@ mod tests {
     #[test]
     fn digests_match_known_values() {
         let found = inspect("a.bin", b"123456789", 4).unwrap();
-        assert_eq!(
-            found.sha256,
-            "15e2b0d3c33891ebb0f1ef609ec419420c20e320ce94c65fbc8c3312448eb225"
-        );
+        assert_eq!(found.sha256, "15e2b0d3c33891ebb0f1ef609ec419420c20e320ce94c65fbc8c3312448eb225");
         // CRC-64/NVME's check value for "123456789" is 0xAE8B14860A799888.
-        assert_eq!(
-            found.crc64nvme,
-            BASE64.encode(0xAE8B_1486_0A79_9888u64.to_be_bytes())
-        );
+        assert_eq!(found.crc64nvme, BASE64.encode(0xAE8B_1486_0A79_9888u64.to_be_bytes()));
     }
 }

@@ -8,9 +8,7 @@ use serde_json::Value;
 async fn main() -> Result<(), Error> {
     lambda_runtime::tracing::init_default_subscriber();
     let aws = startup::aws_config().await;
-    let config = startup::load_config(&aws)
-        .await
-        .inspect_err(|e| tracing::error!("configuration: {e}"))?;
+    let config = startup::load_config(&aws).await.inspect_err(|e| tracing::error!("configuration: {e}"))?;
     let relay = startup::build_relay(&config, &aws)?;
     let relay = &relay;
     // On SIGTERM, say so and flush, so the last log and metric lines are not lost.
@@ -20,9 +18,7 @@ async fn main() -> Result<(), Error> {
     })
     .await;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<Value>| async move {
-        relay
-            .handle(event.payload, Deadline::from_lambda(event.context.deadline))
-            .await
+        relay.handle(event.payload, Deadline::from_lambda(event.context.deadline)).await
     }))
     .await
 }

@@ -72,11 +72,7 @@ fn record_count_mismatch(record_count: Option<u64>, files: &[ManifestFile]) -> O
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
     #[error("S3 {operation} on {key} failed: {message}")]
-    S3 {
-        operation: &'static str,
-        key: String,
-        message: String,
-    },
+    S3 { operation: &'static str, key: String, message: String },
     #[error("{key} is not a manifest this relay can read: {message}")]
     Unreadable { key: String, message: String },
 }
@@ -107,9 +103,7 @@ impl Ledger {
 
     /// True when a manifest is committed, without reading it.
     pub async fn is_committed(&self, id: &ExportId) -> Result<bool, LedgerError> {
-        self.exists(&self.manifest_key(id))
-            .await
-            .map(|modified| modified.is_some())
+        self.exists(&self.manifest_key(id)).await.map(|modified| modified.is_some())
     }
 
     /// Records that a message for this export is on the queue (a poll chain or a copy), so a
@@ -121,25 +115,14 @@ impl Ledger {
     }
 
     /// True when a message was put on the queue for this export less than `within` ago.
-    pub async fn in_flight(
-        &self,
-        id: &ExportId,
-        within: std::time::Duration,
-    ) -> Result<bool, LedgerError> {
+    pub async fn in_flight(&self, id: &ExportId, within: std::time::Duration) -> Result<bool, LedgerError> {
         let since = self.exists(&self.in_flight_key(id)).await?;
         Ok(since.is_some_and(|at| (Utc::now() - at).to_std().unwrap_or_default() < within))
     }
 
     /// When the object was last written, if it exists.
     async fn exists(&self, key: &str) -> Result<Option<DateTime<Utc>>, LedgerError> {
-        match self
-            .s3
-            .head_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await
-        {
+        match self.s3.head_object().bucket(&self.bucket).key(key).send().await {
             Ok(head) => Ok(Some(
                 head.last_modified()
                     .and_then(|t| DateTime::from_timestamp(t.secs(), t.subsec_nanos()))
@@ -166,23 +149,13 @@ impl Ledger {
     /// The committed manifest, if the export was relayed before.
     pub async fn committed(&self, id: &ExportId) -> Result<Option<Manifest>, LedgerError> {
         let key = self.manifest_key(id);
-        let output = match self
-            .s3
-            .get_object()
-            .bucket(&self.bucket)
-            .key(&key)
-            .send()
-            .await
-        {
+        let output = match self.s3.get_object().bucket(&self.bucket).key(&key).send().await {
             Ok(output) => output,
             Err(e) if e.as_service_error().is_some_and(|e| e.is_no_such_key()) => return Ok(None),
             Err(e) => return Err(s3_error("GetObject", &key, e)),
         };
         if output.content_length().unwrap_or_default() as usize > MAX_MANIFEST_BYTES {
-            return Err(LedgerError::Unreadable {
-                key,
-                message: "larger than 8 MiB".into(),
-            });
+            return Err(LedgerError::Unreadable { key, message: "larger than 8 MiB".into() });
         }
         let bytes = output
             .body
@@ -196,17 +169,14 @@ impl Ledger {
             .into_bytes();
         serde_json::from_slice(&bytes)
             .map(Some)
-            .map_err(|e| LedgerError::Unreadable {
-                key,
-                message: e.to_string(),
-            })
+            .map_err(|e| LedgerError::Unreadable { key, message: e.to_string() })
     }
 
     /// Writes the manifest unless one exists. If another run committed first, its manifest
     /// wins and is returned, so every run reports the same files.
     pub async fn commit(&self, manifest: Manifest) -> Result<Manifest, LedgerError> {
-        let id = ExportId::parse(&manifest.export.export_id)
-            .expect("manifests are built from checked exports");
+        let id =
+            ExportId::parse(&manifest.export.export_id).expect("manifests are built from checked exports");
         let key = self.manifest_key(&id);
         let body = serde_json::to_vec_pretty(&manifest).expect("manifests always serialize");
         let put = self
@@ -221,16 +191,8 @@ impl Ledger {
             .await;
         match put {
             Ok(_) => Ok(manifest),
-            Err(e)
-                if matches!(
-                    e.code(),
-                    Some("PreconditionFailed" | "ConditionalRequestConflict")
-                ) =>
-            {
-                tracing::info!(
-                    key,
-                    "another run committed this export first; using its manifest"
-                );
+            Err(e) if matches!(e.code(), Some("PreconditionFailed" | "ConditionalRequestConflict")) => {
+                tracing::info!(key, "another run committed this export first; using its manifest");
                 self.committed(&id).await?.ok_or(LedgerError::Unreadable {
                     key,
                     message: "the conditional write failed, yet no manifest is there".into(),
@@ -242,9 +204,7 @@ impl Ledger {
 
     /// True when this event's webhook was delivered before.
     pub async fn delivered(&self, id: &ExportId, event: EventType) -> Result<bool, LedgerError> {
-        self.exists(&self.marker_key(id, event))
-            .await
-            .map(|modified| modified.is_some())
+        self.exists(&self.marker_key(id, event)).await.map(|modified| modified.is_some())
     }
 
     pub async fn mark_delivered(
@@ -253,17 +213,14 @@ impl Ledger {
         event: EventType,
         webhook_id: &str,
     ) -> Result<(), LedgerError> {
-        let body = serde_json::json!({"webhook_id": webhook_id, "type": event.as_str(), "delivered_at": Utc::now()});
+        let body =
+            serde_json::json!({"webhook_id": webhook_id, "type": event.as_str(), "delivered_at": Utc::now()});
         self.put_json(&self.marker_key(id, event), body).await
     }
 }
 
 fn s3_error<E: std::error::Error>(operation: &'static str, key: &str, e: E) -> LedgerError {
-    LedgerError::S3 {
-        operation,
-        key: key.to_string(),
-        message: DisplayErrorContext(e).to_string(),
-    }
+    LedgerError::S3 { operation, key: key.to_string(), message: DisplayErrorContext(e).to_string() }
 }
 
 #[cfg(test)]
@@ -283,19 +240,11 @@ mod tests {
 
     #[test]
     fn record_counts_are_compared_only_when_both_sides_are_known() {
-        assert_eq!(
-            record_count_mismatch(Some(5), &[file(Some(2)), file(Some(3))]),
-            None
-        );
+        assert_eq!(record_count_mismatch(Some(5), &[file(Some(2)), file(Some(3))]), None);
         assert!(
-            record_count_mismatch(Some(6), &[file(Some(2)), file(Some(3))])
-                .unwrap()
-                .contains("6 records")
+            record_count_mismatch(Some(6), &[file(Some(2)), file(Some(3))]).unwrap().contains("6 records")
         );
         assert_eq!(record_count_mismatch(None, &[file(Some(2))]), None);
-        assert_eq!(
-            record_count_mismatch(Some(6), &[file(Some(2)), file(None)]),
-            None
-        );
+        assert_eq!(record_count_mismatch(Some(6), &[file(Some(2)), file(None)]), None);
     }
 }

@@ -61,50 +61,34 @@ pub struct Metrics {
 
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Metrics")
-            .field("namespace", &self.namespace)
-            .finish()
+        f.debug_struct("Metrics").field("namespace", &self.namespace).finish()
     }
 }
 
 impl Metrics {
     pub fn stdout(namespace: &str) -> Self {
-        Self {
-            namespace: namespace.to_string(),
-            sink: Sink::Stdout,
-        }
+        Self { namespace: namespace.to_string(), sink: Sink::Stdout }
     }
 
     /// Writes to `buffer` instead, for tests.
     pub fn to(namespace: &str, buffer: Arc<Mutex<Vec<u8>>>) -> Self {
-        Self {
-            namespace: namespace.to_string(),
-            sink: Sink::Buffer(buffer),
-        }
+        Self { namespace: namespace.to_string(), sink: Sink::Buffer(buffer) }
     }
 
     pub fn outcome(&self, outcome: &str) {
-        self.emit(
-            &[("Outcome", outcome)],
-            &[(name::EXPORTS, 1.0, Unit::Count)],
-        );
+        self.emit(&[("Outcome", outcome)], &[(name::EXPORTS, 1.0, Unit::Count)]);
     }
 
     pub fn file_copied(&self, bytes: u64, seconds: f64) {
         self.emit(
             &[],
-            &[
-                (name::BYTES_COPIED, bytes as f64, Unit::Bytes),
-                (name::COPY_SECONDS, seconds, Unit::Seconds),
-            ],
+            &[(name::BYTES_COPIED, bytes as f64, Unit::Bytes), (name::COPY_SECONDS, seconds, Unit::Seconds)],
         );
     }
 
     pub fn completed(&self, poll_attempts: u32, created_to_delivered: Option<f64>) {
         let mut values = vec![(name::POLL_ATTEMPTS, f64::from(poll_attempts), Unit::Count)];
-        values.extend(
-            created_to_delivered.map(|s| (name::CREATED_TO_DELIVERED_SECONDS, s, Unit::Seconds)),
-        );
+        values.extend(created_to_delivered.map(|s| (name::CREATED_TO_DELIVERED_SECONDS, s, Unit::Seconds)));
         self.emit(&[], &values);
     }
 
@@ -113,11 +97,7 @@ impl Metrics {
             &[],
             &[
                 (name::WEBHOOK_ATTEMPTS, attempts as f64, Unit::Count),
-                (
-                    name::WEBHOOK_FAILURES,
-                    f64::from(u8::from(failed)),
-                    Unit::Count,
-                ),
+                (name::WEBHOOK_FAILURES, f64::from(u8::from(failed)), Unit::Count),
             ],
         );
     }
@@ -129,18 +109,11 @@ impl Metrics {
     }
 
     fn emit(&self, dimensions: &[(&str, &str)], values: &[(&str, f64, Unit)]) {
-        let line = document(
-            &self.namespace,
-            chrono::Utc::now().timestamp_millis(),
-            dimensions,
-            values,
-        );
+        let line = document(&self.namespace, chrono::Utc::now().timestamp_millis(), dimensions, values);
         match &self.sink {
             Sink::Stdout => println!("{line}"),
             Sink::Buffer(buffer) => {
-                let mut buffer = buffer
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                let mut buffer = buffer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
                 let _ = writeln!(buffer, "{line}");
             }
         }
@@ -155,10 +128,8 @@ fn document(
     values: &[(&str, f64, Unit)],
 ) -> Value {
     let names: Vec<&str> = dimensions.iter().map(|(k, _)| *k).collect();
-    let definitions: Vec<Value> = values
-        .iter()
-        .map(|(n, _, unit)| json!({"Name": n, "Unit": unit.as_str()}))
-        .collect();
+    let definitions: Vec<Value> =
+        values.iter().map(|(n, _, unit)| json!({"Name": n, "Unit": unit.as_str()})).collect();
     let mut root = Map::new();
     root.insert(
         "_aws".into(),
@@ -206,10 +177,7 @@ mod tests {
             &[("time", 100.0, Unit::Count)],
         );
         assert_eq!(ours["_aws"]["Timestamp"], spec["_aws"]["Timestamp"]);
-        let (a, b) = (
-            &ours["_aws"]["CloudWatchMetrics"][0],
-            &spec["_aws"]["CloudWatchMetrics"][0],
-        );
+        let (a, b) = (&ours["_aws"]["CloudWatchMetrics"][0], &spec["_aws"]["CloudWatchMetrics"][0]);
         assert_eq!(a["Namespace"], b["Namespace"]);
         assert_eq!(a["Dimensions"], b["Dimensions"]);
         assert_eq!(a["Metrics"][0]["Name"], b["Metrics"][0]["Name"]);
@@ -227,21 +195,12 @@ mod tests {
         metrics.file_copied(1024, 0.5);
         metrics.webhook(2, false);
         let text = String::from_utf8(buffer.lock().unwrap().clone()).unwrap();
-        let lines: Vec<Value> = text
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+        let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         assert_eq!(lines.len(), 3);
         assert_eq!(lines[0]["Outcome"], "completed");
-        assert_eq!(
-            lines[0]["_aws"]["CloudWatchMetrics"][0]["Dimensions"],
-            json!([["Outcome"]])
-        );
+        assert_eq!(lines[0]["_aws"]["CloudWatchMetrics"][0]["Dimensions"], json!([["Outcome"]]));
         assert_eq!(lines[1]["BytesCopied"], 1024.0);
-        assert_eq!(
-            lines[1]["_aws"]["CloudWatchMetrics"][0]["Dimensions"],
-            json!([[]])
-        );
+        assert_eq!(lines[1]["_aws"]["CloudWatchMetrics"][0]["Dimensions"], json!([[]]));
         assert_eq!(lines[2]["WebhookFailures"], 0.0);
     }
 }

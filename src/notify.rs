@@ -65,8 +65,7 @@ impl SigningKeys {
         self.0
             .iter()
             .map(|key| {
-                let mut mac =
-                    Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
+                let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
                 mac.update(format!("{id}.{timestamp}.").as_bytes());
                 mac.update(body);
                 format!("v1,{}", BASE64.encode(mac.finalize().into_bytes()))
@@ -152,20 +151,12 @@ pub struct ErrorInfo {
 
 impl Event {
     pub fn new(kind: EventType, data: EventData) -> Self {
-        Self {
-            kind,
-            timestamp: Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
-            data,
-        }
+        Self { kind, timestamp: Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true), data }
     }
 
     /// Stable across retries and redeliveries, so consumers can drop duplicates.
     pub fn webhook_id(&self) -> String {
-        format!(
-            "{}_{}",
-            self.kind.as_str().replace('.', "_"),
-            self.data.export_id
-        )
+        format!("{}_{}", self.kind.as_str().replace('.', "_"), self.data.export_id)
     }
 }
 
@@ -174,11 +165,7 @@ pub enum NotifyError {
     #[error("webhook endpoint unreachable: {0}")]
     Transport(#[source] reqwest::Error),
     #[error("webhook endpoint answered {status} after {tries} tries: {body}")]
-    Rejected {
-        status: StatusCode,
-        tries: usize,
-        body: String,
-    },
+    Rejected { status: StatusCode, tries: usize, body: String },
 }
 
 impl NotifyError {
@@ -215,12 +202,7 @@ impl Notifier {
             .timeout(config.timeout)
             .connect_timeout(config.timeout.min(Duration::from_secs(5)))
             .build()?;
-        Ok(Self {
-            http,
-            url: config.url.clone(),
-            keys: config.keys.clone(),
-            retry: config.retry,
-        })
+        Ok(Self { http, url: config.url.clone(), keys: config.keys.clone(), retry: config.retry })
     }
 
     /// Posts the event, with a few quick retries on answers that may pass. Anything but 2xx
@@ -251,11 +233,7 @@ impl Notifier {
             return Ok(Delivery::Gone);
         }
         let body = http::body_excerpt(sent.response, MAX_ERROR_BODY).await;
-        Err(NotifyError::Rejected {
-            status,
-            tries: sent.tries,
-            body,
-        })
+        Err(NotifyError::Rejected { status, tries: sent.tries, body })
     }
 }
 
@@ -297,12 +275,7 @@ mod tests {
 
     #[test]
     fn weak_or_malformed_secrets_are_refused_without_echoing_them() {
-        for bad in [
-            "",
-            "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
-            "whsec_!!!",
-            "whsec_c2hvcnQ=",
-        ] {
+        for bad in ["", "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "whsec_!!!", "whsec_c2hvcnQ="] {
             let err = SigningKeys::parse(bad).unwrap_err();
             assert!(bad.is_empty() || !err.contains(bad), "{err}");
         }

@@ -21,14 +21,9 @@ pub struct EnqueueError {
 /// `Retry-After` the API asked for. Always within SQS's 0..=900 s.
 pub fn poll_delay(policy: &PollPolicy, attempt: u32, throttled_for: Option<Duration>) -> Duration {
     let doublings = attempt.saturating_sub(1).min(20);
-    let planned = policy
-        .initial_delay
-        .saturating_mul(1 << doublings)
-        .min(policy.max_delay);
+    let planned = policy.initial_delay.saturating_mul(1 << doublings).min(policy.max_delay);
     let jittered = planned.mul_f64(rand::rng().random_range(0.8..=1.0));
-    jittered
-        .max(throttled_for.unwrap_or_default())
-        .min(Duration::from_secs(MAX_SQS_DELAY_SECONDS))
+    jittered.max(throttled_for.unwrap_or_default()).min(Duration::from_secs(MAX_SQS_DELAY_SECONDS))
 }
 
 pub struct Requeuer {
@@ -42,11 +37,7 @@ impl Requeuer {
     }
 
     /// Puts `request` on the queue, to be delivered after `delay`.
-    pub async fn enqueue(
-        &self,
-        request: &ExportRequest,
-        delay: Duration,
-    ) -> Result<(), EnqueueError> {
+    pub async fn enqueue(&self, request: &ExportRequest, delay: Duration) -> Result<(), EnqueueError> {
         let body = serde_json::to_string(request).expect("requests always serialize");
         let delay_seconds = delay.as_secs().min(MAX_SQS_DELAY_SECONDS) as i32;
         self.sqs
@@ -77,29 +68,15 @@ mod tests {
 
     #[test]
     fn delays_double_from_the_initial_delay_with_jitter_below() {
-        for (attempt, full) in [
-            (1, 30),
-            (2, 60),
-            (3, 120),
-            (4, 240),
-            (5, 480),
-            (6, 900),
-            (40, 900),
-        ] {
+        for (attempt, full) in [(1, 30), (2, 60), (3, 120), (4, 240), (5, 480), (6, 900), (40, 900)] {
             let delay = poll_delay(&POLICY, attempt, None).as_secs_f64();
-            assert!(
-                delay <= full as f64 && delay >= full as f64 * 0.8,
-                "attempt {attempt}: {delay}"
-            );
+            assert!(delay <= full as f64 && delay >= full as f64 * 0.8, "attempt {attempt}: {delay}");
         }
     }
 
     #[test]
     fn a_retry_after_sets_a_floor_but_never_passes_900() {
         assert!(poll_delay(&POLICY, 1, Some(Duration::from_secs(120))) >= Duration::from_secs(120));
-        assert_eq!(
-            poll_delay(&POLICY, 1, Some(Duration::from_secs(5000))),
-            Duration::from_secs(900)
-        );
+        assert_eq!(poll_delay(&POLICY, 1, Some(Duration::from_secs(5000))), Duration::from_secs(900));
     }
 }

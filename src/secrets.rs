@@ -7,27 +7,16 @@ use std::collections::HashMap;
 use aws_sdk_secretsmanager::error::DisplayErrorContext;
 
 /// Each `*_SECRET_ARN` setting, and the setting whose value it supplies.
-pub const SECRET_SETTINGS: [(&str, &str); 2] = [
-    ("DEALMACHINE_API_KEY_SECRET_ARN", "DEALMACHINE_API_KEY"),
-    ("WEBHOOK_SECRET_ARN", "WEBHOOK_SECRET"),
-];
+pub const SECRET_SETTINGS: [(&str, &str); 2] =
+    [("DEALMACHINE_API_KEY_SECRET_ARN", "DEALMACHINE_API_KEY"), ("WEBHOOK_SECRET_ARN", "WEBHOOK_SECRET")];
 
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
     #[error("{arn_var} and {value_var} are both set: set only one of them")]
-    Both {
-        arn_var: &'static str,
-        value_var: &'static str,
-    },
+    Both { arn_var: &'static str, value_var: &'static str },
     #[error("{arn_var}: could not read secret {arn}: {message}")]
-    Fetch {
-        arn_var: &'static str,
-        arn: String,
-        message: String,
-    },
-    #[error(
-        "{arn_var}: secret {arn} has no text value (SecretString); store the value as plain text"
-    )]
+    Fetch { arn_var: &'static str, arn: String, message: String },
+    #[error("{arn_var}: secret {arn} has no text value (SecretString); store the value as plain text")]
     NotText { arn_var: &'static str, arn: String },
 }
 
@@ -45,19 +34,10 @@ pub async fn fetch(
             return Err(SecretError::Both { arn_var, value_var });
         }
         let client = client.get_or_insert_with(|| aws_sdk_secretsmanager::Client::new(aws));
-        let output = client
-            .get_secret_value()
-            .secret_id(&arn)
-            .send()
-            .await
-            .map_err(|e| SecretError::Fetch {
-                arn_var,
-                arn: arn.clone(),
-                message: DisplayErrorContext(e).to_string(),
-            })?;
-        let value = output
-            .secret_string
-            .ok_or(SecretError::NotText { arn_var, arn })?;
+        let output = client.get_secret_value().secret_id(&arn).send().await.map_err(|e| {
+            SecretError::Fetch { arn_var, arn: arn.clone(), message: DisplayErrorContext(e).to_string() }
+        })?;
+        let value = output.secret_string.ok_or(SecretError::NotText { arn_var, arn })?;
         values.insert(value_var, value.trim().to_string());
     }
     Ok(values)

@@ -34,9 +34,7 @@ pub async fn load_config_with(
     aws: &SdkConfig,
 ) -> Result<Config, StartupError> {
     let secrets = secrets::fetch(&lookup, aws).await?;
-    Ok(Config::from_lookup(|name| {
-        secrets.get(name).cloned().or_else(|| lookup(name))
-    })?)
+    Ok(Config::from_lookup(|name| secrets.get(name).cloned().or_else(|| lookup(name)))?)
 }
 
 /// AWS settings from the standard chain; `AWS_ENDPOINT_URL` points it at moto or LocalStack.
@@ -45,9 +43,8 @@ pub async fn aws_config() -> SdkConfig {
 }
 
 pub fn build_relay(config: &Config, aws: &SdkConfig) -> Result<Relay, StartupError> {
-    let s3_config = aws_sdk_s3::config::Builder::from(aws)
-        .force_path_style(config.s3_force_path_style)
-        .build();
+    let s3_config =
+        aws_sdk_s3::config::Builder::from(aws).force_path_style(config.s3_force_path_style).build();
     let s3 = aws_sdk_s3::Client::from_conf(s3_config);
     let sqs = aws_sdk_sqs::Client::new(aws);
     let api_http = reqwest::Client::builder()
@@ -56,10 +53,8 @@ pub fn build_relay(config: &Config, aws: &SdkConfig) -> Result<Relay, StartupErr
         .timeout(std::time::Duration::from_secs(30))
         .user_agent(crate::USER_AGENT)
         .build()?;
-    let policy = UrlPolicy {
-        hosts: config.download_hosts.clone(),
-        allow_insecure_http: config.allow_insecure_http,
-    };
+    let policy =
+        UrlPolicy { hosts: config.download_hosts.clone(), allow_insecure_http: config.allow_insecure_http };
     Ok(Relay {
         api: DealMachineClient::new(
             api_http,
@@ -68,20 +63,11 @@ pub fn build_relay(config: &Config, aws: &SdkConfig) -> Result<Relay, StartupErr
             config.api_retry,
         ),
         ledger: Ledger::new(s3.clone(), config.bucket.clone(), config.prefix.clone()),
-        transfer: Transfer::new(
-            s3,
-            config.bucket.clone(),
-            policy,
-            config.part_size,
-            config.parts_in_flight,
-        )?
-        .with_idle_timeout(config.download_idle_timeout)?,
+        transfer: Transfer::new(s3, config.bucket.clone(), policy, config.part_size, config.parts_in_flight)?
+            .with_idle_timeout(config.download_idle_timeout)?,
         notifier: config.webhook.as_ref().map(Notifier::new).transpose()?,
         requeuer: Requeuer::new(sqs.clone(), config.queue_url.clone()),
-        dead_letters: config
-            .dead_letter_queue_url
-            .clone()
-            .map(|url| DeadLetters::new(sqs, url)),
+        dead_letters: config.dead_letter_queue_url.clone().map(|url| DeadLetters::new(sqs, url)),
         prefix: config.prefix.clone(),
         poll: config.poll,
         strict_record_count: config.strict_record_count,

@@ -49,11 +49,7 @@ impl Relay {
         let max_exports = request.max_exports.unwrap_or(u32::MAX);
         let mut summary = SweepSummary::default();
         let mut remaining: Option<u64> = None;
-        'statuses: for status in [
-            ExportStatus::Completed,
-            ExportStatus::Pending,
-            ExportStatus::Processing,
-        ] {
+        'statuses: for status in [ExportStatus::Completed, ExportStatus::Pending, ExportStatus::Processing] {
             let mut offset = 0;
             loop {
                 if let Some(left) = remaining.filter(|left| *left < self.sweep_reserve) {
@@ -108,11 +104,7 @@ impl Relay {
     }
 
     /// Enqueues one listed export if it needs the relay and nobody is on it yet.
-    async fn sweep_one(
-        &self,
-        export: &Export,
-        summary: &mut SweepSummary,
-    ) -> Result<(), RelayError> {
+    async fn sweep_one(&self, export: &Export, summary: &mut SweepSummary) -> Result<(), RelayError> {
         let Ok(id) = ExportId::parse(&export.export_id) else {
             warn!(export_id = %export.export_id, "the API listed an export ID that is not an ID; skipped");
             return Ok(());
@@ -137,9 +129,7 @@ impl Relay {
             return Ok(());
         }
         // On the queue first, then the marker: a lost marker costs a duplicate, never an export.
-        self.requeuer
-            .enqueue(&ExportRequest::new(id.clone()), Duration::ZERO)
-            .await?;
+        self.requeuer.enqueue(&ExportRequest::new(id.clone()), Duration::ZERO).await?;
         self.ledger.mark_in_flight(&id).await?;
         if completed {
             summary.enqueued_for_copy += 1;

@@ -52,20 +52,14 @@ pub enum TransferError {
     )]
     OutOfTime { remaining: u64, seconds_left: u64 },
     #[error("S3 {operation} failed: {message}")]
-    S3 {
-        operation: &'static str,
-        message: String,
-    },
+    S3 { operation: &'static str, message: String },
 }
 
 impl TransferError {
     /// True when copying again cannot help: the URL or name is unacceptable, or the file
     /// itself is broken (the size check and TLS rule out damage in transit).
     pub fn is_permanent(&self) -> bool {
-        matches!(
-            self,
-            Self::UrlRefused(_) | Self::BadFileName(..) | Self::Corrupt(_)
-        )
+        matches!(self, Self::UrlRefused(_) | Self::BadFileName(..) | Self::Corrupt(_))
     }
 
     pub fn code(&self) -> &'static str {
@@ -83,10 +77,7 @@ impl TransferError {
     }
 
     fn s3(operation: &'static str, error: impl std::error::Error) -> Self {
-        Self::S3 {
-            operation,
-            message: DisplayErrorContext(error).to_string(),
-        }
+        Self::S3 { operation, message: DisplayErrorContext(error).to_string() }
     }
 }
 
@@ -168,9 +159,7 @@ impl Deadline {
         let left = if deadline_ms < YEAR_2001_MS {
             Duration::from_millis(deadline_ms)
         } else {
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default();
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
             Duration::from_millis(deadline_ms).saturating_sub(now)
         };
         Self::at(Instant::now() + left)
@@ -181,17 +170,12 @@ impl Deadline {
         let Some(deadline) = self.0 else {
             return Ok(());
         };
-        let left = deadline
-            .saturating_duration_since(Instant::now())
-            .saturating_sub(Self::MARGIN);
-        let needed = rate.filter(|r| *r > 0.0).map_or(Duration::ZERO, |r| {
-            Duration::from_secs_f64(remaining as f64 / r)
-        });
+        let left = deadline.saturating_duration_since(Instant::now()).saturating_sub(Self::MARGIN);
+        let needed = rate
+            .filter(|r| *r > 0.0)
+            .map_or(Duration::ZERO, |r| Duration::from_secs_f64(remaining as f64 / r));
         if left.is_zero() || needed > left {
-            return Err(TransferError::OutOfTime {
-                remaining,
-                seconds_left: left.as_secs(),
-            });
+            return Err(TransferError::OutOfTime { remaining, seconds_left: left.as_secs() });
         }
         Ok(())
     }
@@ -228,8 +212,7 @@ impl Transfer {
 
     /// Parses a download URL and checks it against the policy.
     pub fn check_url(&self, source: &str) -> Result<Url, TransferError> {
-        let url = Url::parse(source)
-            .map_err(|e| TransferError::UrlRefused(format!("not a URL ({e})")))?;
+        let url = Url::parse(source).map_err(|e| TransferError::UrlRefused(format!("not a URL ({e})")))?;
         self.policy.check(&url).map_err(TransferError::UrlRefused)?;
         Ok(url)
     }
@@ -237,10 +220,7 @@ impl Transfer {
     /// Gives up on a download that sends nothing for `idle`; the invocation's deadline bounds
     /// the whole copy.
     pub fn with_idle_timeout(self, idle: Duration) -> Result<Self, reqwest::Error> {
-        Ok(Self {
-            http: download_client(&self.policy, idle)?,
-            ..self
-        })
+        Ok(Self { http: download_client(&self.policy, idle)?, ..self })
     }
 
     pub fn bucket(&self) -> &str {
@@ -272,22 +252,11 @@ impl Transfer {
             }
             status => return Err(TransferError::SourceStatus(status)),
         }
-        if let Some(announced) = response
-            .content_length()
-            .filter(|len| *len != expected_size)
-        {
-            return Err(TransferError::SizeMismatch {
-                expected: expected_size,
-                got: announced,
-            });
+        if let Some(announced) = response.content_length().filter(|len| *len != expected_size) {
+            return Err(TransferError::SizeMismatch { expected: expected_size, got: announced });
         }
         let inspector = Inspector::for_file(&destination.filename);
-        let mut body = PartReader::new(
-            response.bytes_stream(),
-            expected_size,
-            self.part_size,
-            inspector,
-        );
+        let mut body = PartReader::new(response.bytes_stream(), expected_size, self.part_size, inspector);
         let slot = self.slot().await;
         let first = body.next_part().await?;
         let (parts, inspection) = if body.finished() {
@@ -295,8 +264,7 @@ impl Transfer {
             self.put_whole(destination, first, &inspection).await?;
             (1, inspection)
         } else {
-            self.put_multipart(destination, (first, slot), &mut body, (started, deadline))
-                .await?
+            self.put_multipart(destination, (first, slot), &mut body, (started, deadline)).await?
         };
         Ok(Copied {
             key: destination.key.clone(),
@@ -308,11 +276,7 @@ impl Transfer {
     }
 
     async fn slot(&self) -> OwnedSemaphorePermit {
-        self.part_slots
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("the part semaphore is never closed")
+        self.part_slots.clone().acquire_owned().await.expect("the part semaphore is never closed")
     }
 
     /// A file that fits in one part goes up in one request, checksum and all.
@@ -361,13 +325,9 @@ impl Transfer {
                 message: "no upload ID".into(),
             })?;
         let completed = async {
-            let parts = self
-                .upload_parts(&destination.key, &upload_id, first, body, timing)
-                .await?;
+            let parts = self.upload_parts(&destination.key, &upload_id, first, body, timing).await?;
             let inspection = body.inspection()?;
-            let count = self
-                .complete(&destination.key, &upload_id, parts, &inspection)
-                .await?;
+            let count = self.complete(&destination.key, &upload_id, parts, &inspection).await?;
             Ok((count, inspection))
         }
         .await;
@@ -429,10 +389,7 @@ impl Transfer {
             .checksum_algorithm(ChecksumAlgorithm::Crc64Nvme)
             .body(ByteStream::from(bytes));
         async move {
-            let output = request
-                .send()
-                .await
-                .map_err(|e| TransferError::s3("UploadPart", e))?;
+            let output = request.send().await.map_err(|e| TransferError::s3("UploadPart", e))?;
             drop(slot);
             Ok(CompletedPart::builder()
                 .part_number(number)
@@ -459,11 +416,7 @@ impl Transfer {
             .upload_id(upload_id)
             .checksum_type(ChecksumType::FullObject)
             .checksum_crc64_nvme(&inspection.crc64nvme)
-            .multipart_upload(
-                CompletedMultipartUpload::builder()
-                    .set_parts(Some(parts))
-                    .build(),
-            )
+            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
             .send()
             .await
             .map_err(|e| TransferError::s3("CompleteMultipartUpload", e))?;
@@ -495,10 +448,8 @@ impl Transfer {
     /// A GET URL for the object that works without AWS credentials until it expires (or until
     /// the signing credentials do: a Lambda role's session lasts hours, not days).
     pub async fn presign(&self, key: &str, ttl: Duration) -> Result<String, TransferError> {
-        let config = PresigningConfig::expires_in(ttl).map_err(|e| TransferError::S3 {
-            operation: "presign GetObject",
-            message: e.to_string(),
-        })?;
+        let config = PresigningConfig::expires_in(ttl)
+            .map_err(|e| TransferError::S3 { operation: "presign GetObject", message: e.to_string() })?;
         let request = self
             .s3
             .get_object()
@@ -512,14 +463,8 @@ impl Transfer {
 
     /// Best effort: a failed abort is left to the bucket's lifecycle rule, and logged.
     async fn abort(&self, key: &str, upload_id: &str) {
-        let aborted = self
-            .s3
-            .abort_multipart_upload()
-            .bucket(&self.bucket)
-            .key(key)
-            .upload_id(upload_id)
-            .send()
-            .await;
+        let aborted =
+            self.s3.abort_multipart_upload().bucket(&self.bucket).key(key).upload_id(upload_id).send().await;
         if let Err(e) = aborted {
             tracing::warn!(key, error = %DisplayErrorContext(e), "could not abort multipart upload; the lifecycle rule will");
         }
@@ -543,12 +488,8 @@ fn with_sha256(destination: &Destination, inspection: &Inspection) -> HashMap<St
 
 /// A copy source is URL-encoded; `/` stays, as it separates the key's folders.
 fn urlencoding(key: &str) -> String {
-    const KEEP: &AsciiSet = &NON_ALPHANUMERIC
-        .remove(b'/')
-        .remove(b'-')
-        .remove(b'_')
-        .remove(b'.')
-        .remove(b'~');
+    const KEEP: &AsciiSet =
+        &NON_ALPHANUMERIC.remove(b'/').remove(b'-').remove(b'_').remove(b'.').remove(b'~');
     utf8_percent_encode(key, KEEP).to_string()
 }
 
@@ -556,10 +497,7 @@ fn joined(
     done: Result<Result<CompletedPart, TransferError>, tokio::task::JoinError>,
 ) -> Result<CompletedPart, TransferError> {
     done.unwrap_or_else(|e| {
-        Err(TransferError::S3 {
-            operation: "UploadPart",
-            message: format!("upload task ended: {e}"),
-        })
+        Err(TransferError::S3 { operation: "UploadPart", message: format!("upload task ended: {e}") })
     })
 }
 
@@ -569,9 +507,7 @@ fn download_error(e: reqwest::Error) -> TransferError {
     if e.is_redirect() {
         TransferError::UrlRefused(format!(
             "{e}: {}",
-            std::error::Error::source(&e)
-                .map(ToString::to_string)
-                .unwrap_or_default()
+            std::error::Error::source(&e).map(ToString::to_string).unwrap_or_default()
         ))
     } else {
         TransferError::Download(e)
@@ -659,10 +595,7 @@ impl<S: Stream<Item = reqwest::Result<Bytes>> + Unpin> PartReader<S> {
     }
 
     fn mismatch(&self) -> TransferError {
-        TransferError::SizeMismatch {
-            expected: self.expected,
-            got: self.received,
-        }
+        TransferError::SizeMismatch { expected: self.expected, got: self.received }
     }
 }
 
@@ -670,12 +603,8 @@ impl<S: Stream<Item = reqwest::Result<Bytes>> + Unpin> PartReader<S> {
 /// file name with anything but letters, digits, `.`, `-` and `_` replaced by `_`, so that no
 /// name can leave the export's folder.
 pub fn object_key(prefix: &str, export_id: &str, filename: &str) -> Result<String, TransferError> {
-    let refuse = |why| {
-        Err(TransferError::BadFileName(
-            filename.chars().take(MAX_FILE_NAME_LEN).collect(),
-            why,
-        ))
-    };
+    let refuse =
+        |why| Err(TransferError::BadFileName(filename.chars().take(MAX_FILE_NAME_LEN).collect(), why));
     if filename.is_empty() {
         return refuse("it is empty");
     }
@@ -684,13 +613,7 @@ pub fn object_key(prefix: &str, export_id: &str, filename: &str) -> Result<Strin
     }
     let safe: String = filename
         .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
-                c
-            } else {
-                '_'
-            }
-        })
+        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') { c } else { '_' })
         .collect();
     if safe.chars().all(|c| c == '.') {
         return refuse("it is only dots");
@@ -732,13 +655,8 @@ mod tests {
         stream::iter(items)
     }
 
-    async fn parts(
-        sizes: &[usize],
-        expected: u64,
-        part_size: usize,
-    ) -> Result<Vec<usize>, TransferError> {
-        let mut reader =
-            PartReader::new(chunks(sizes), expected, part_size, Inspector::for_file("x"));
+    async fn parts(sizes: &[usize], expected: u64, part_size: usize) -> Result<Vec<usize>, TransferError> {
+        let mut reader = PartReader::new(chunks(sizes), expected, part_size, Inspector::for_file("x"));
         let mut out = vec![];
         loop {
             out.push(reader.next_part().await?.len());
@@ -750,10 +668,7 @@ mod tests {
 
     #[tokio::test]
     async fn parts_are_full_except_the_last() {
-        assert_eq!(
-            parts(&[3, 7, 2, 9], 21, 5).await.unwrap(),
-            vec![5, 5, 5, 5, 1]
-        );
+        assert_eq!(parts(&[3, 7, 2, 9], 21, 5).await.unwrap(), vec![5, 5, 5, 5, 1]);
         assert_eq!(parts(&[10], 10, 5).await.unwrap(), vec![5, 5]);
         assert_eq!(parts(&[4], 4, 5).await.unwrap(), vec![4]);
         assert_eq!(parts(&[], 0, 5).await.unwrap(), vec![0]);
@@ -763,37 +678,21 @@ mod tests {
     async fn a_body_of_the_wrong_length_is_refused() {
         assert!(matches!(
             parts(&[5, 5], 9, 5).await,
-            Err(TransferError::SizeMismatch {
-                expected: 9,
-                got: 10
-            })
+            Err(TransferError::SizeMismatch { expected: 9, got: 10 })
         ));
         assert!(matches!(
             parts(&[5, 3], 9, 5).await,
-            Err(TransferError::SizeMismatch {
-                expected: 9,
-                got: 8
-            })
+            Err(TransferError::SizeMismatch { expected: 9, got: 8 })
         ));
     }
 
     #[test]
     fn lambda_deadlines_are_epoch_millis_or_a_bare_duration() {
-        let left = |d: Deadline| {
-            d.0.unwrap()
-                .saturating_duration_since(Instant::now())
-                .as_secs()
-        };
-        let in_a_minute =
-            SystemTime::now().duration_since(UNIX_EPOCH).unwrap() + Duration::from_secs(60);
+        let left = |d: Deadline| d.0.unwrap().saturating_duration_since(Instant::now()).as_secs();
+        let in_a_minute = SystemTime::now().duration_since(UNIX_EPOCH).unwrap() + Duration::from_secs(60);
         assert!((58..=60).contains(&left(Deadline::from_lambda(in_a_minute.as_millis() as u64))));
         assert!((598..=600).contains(&left(Deadline::from_lambda(600_000))));
-        assert!(
-            Deadline::from_lambda(1_000_000_000_000)
-                .check(0, None)
-                .is_err(),
-            "a deadline in the past"
-        );
+        assert!(Deadline::from_lambda(1_000_000_000_000).check(0, None).is_err(), "a deadline in the past");
     }
 
     #[test]
@@ -814,10 +713,7 @@ mod tests {
 
     #[test]
     fn urls_must_be_https_on_an_allowed_host() {
-        let policy = UrlPolicy {
-            hosts: vec!["storage.googleapis.com".into()],
-            allow_insecure_http: false,
-        };
+        let policy = UrlPolicy { hosts: vec!["storage.googleapis.com".into()], allow_insecure_http: false };
         let check = |u: &str| policy.check(&Url::parse(u).unwrap());
         assert!(check("https://storage.googleapis.com/b/o?X-Goog-Signature=1").is_ok());
         assert!(check("https://STORAGE.googleapis.com/b/o").is_ok());

@@ -23,17 +23,13 @@ impl Function {
         let stdout = std::fs::File::create(&log).unwrap();
         let stderr = std::fs::File::create(log.with_extension("stderr")).unwrap();
         let binary = Path::new(env!("CARGO_BIN_EXE_bootstrap"));
-        let lambda = LocalLambda::start(binary, env, stdout.into(), stderr.into())
-            .await
-            .expect("the function starts");
+        let lambda =
+            LocalLambda::start(binary, env, stdout.into(), stderr.into()).await.expect("the function starts");
         Self { lambda, log }
     }
 
     async fn invoke(&self, event: &serde_json::Value) -> serde_json::Value {
-        self.lambda
-            .invoke(event)
-            .await
-            .expect("the function answers")
+        self.lambda.invoke(event).await.expect("the function answers")
     }
 
     /// Stops the function as Lambda does (SIGTERM) and returns what it printed on stdout (its
@@ -54,16 +50,11 @@ async fn the_lambda_binary_relays_an_sqs_batch_through_the_runtime_api() {
     let response = function.invoke(&sqs_event(&[&id, "not json {"])).await;
 
     assert_eq!(response, serde_json::json!({"batchItemFailures": []}));
-    let (bytes, _) = app
-        .object(&app.key(&id, "a.csv.gz"))
-        .await
-        .expect("the file is in S3");
+    let (bytes, _) = app.object(&app.key(&id, "a.csv.gz")).await.expect("the file is in S3");
     assert_eq!(sha256(&bytes), app.sim.files(&id)[0].1.sha256);
     assert_eq!(app.webhooks()[0].body["type"], "export.completed");
     assert_eq!(
-        app.receive(&app.dlq_url, Duration::from_secs(1))
-            .await
-            .len(),
+        app.receive(&app.dlq_url, Duration::from_secs(1)).await.len(),
         1,
         "the bad record is set aside"
     );
@@ -97,28 +88,17 @@ async fn a_full_run_logs_json_lines_with_export_fields_and_metrics_and_no_secret
         ("WEBHOOK_SECRET_ARN", helpers::WEBHOOK_SECRET),
     ] {
         let name = format!("{}-{var}", app.bucket);
-        let arn = secrets
-            .create_secret()
-            .name(name)
-            .secret_string(value)
-            .send()
-            .await
-            .unwrap()
-            .arn
-            .unwrap();
+        let arn = secrets.create_secret().name(name).secret_string(value).send().await.unwrap().arn.unwrap();
         env.push((var, arn));
     }
     env.push(("AWS_LAMBDA_LOG_LEVEL", "DEBUG".into()));
     let done = app.completed(vec![FileSpec::csv("a.csv.gz", 1, 500)]);
-    let running = app.sim.add_export(dealmachine_sim::ExportSpec::scripted(
-        &[dealmachine_sim::Status::Processing],
-        vec![],
-    ));
+    let running = app
+        .sim
+        .add_export(dealmachine_sim::ExportSpec::scripted(&[dealmachine_sim::Status::Processing], vec![]));
     let function = Function::start(&env, "full-run.log").await;
 
-    let response = function
-        .invoke(&sqs_event(&[&done, &running, "../bad"]))
-        .await;
+    let response = function.invoke(&sqs_event(&[&done, &running, "../bad"])).await;
     assert_eq!(response, serde_json::json!({"batchItemFailures": []}));
     let (log, stderr) = function.stop();
 
@@ -126,56 +106,24 @@ async fn a_full_run_logs_json_lines_with_export_fields_and_metrics_and_no_secret
         .lines()
         .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
         .collect();
-    for secret in [
-        app.sim.api_key(),
-        helpers::WEBHOOK_SECRET,
-        &helpers::WEBHOOK_SECRET["whsec_".len()..],
-    ] {
-        assert!(
-            !log.contains(secret) && !stderr.contains(secret),
-            "a secret appears in the output"
-        );
+    for secret in [app.sim.api_key(), helpers::WEBHOOK_SECRET, &helpers::WEBHOOK_SECRET["whsec_".len()..]] {
+        assert!(!log.contains(secret) && !stderr.contains(secret), "a secret appears in the output");
     }
-    let message = |l: &serde_json::Value| {
-        l["fields"]["message"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string()
-    };
+    let message = |l: &serde_json::Value| l["fields"]["message"].as_str().unwrap_or_default().to_string();
     for state in STATE_LINES {
-        let line = lines
-            .iter()
-            .find(|l| message(l) == state)
-            .unwrap_or_else(|| panic!("no {state:?} line"));
+        let line = lines.iter().find(|l| message(l) == state).unwrap_or_else(|| panic!("no {state:?} line"));
         assert_eq!(line["level"], "INFO", "{state}");
-        assert!(
-            line["span"]["export_id"].is_string(),
-            "{state} carries export_id: {line}"
-        );
-        assert!(
-            line["span"]["message_id"].is_string(),
-            "{state} carries message_id"
-        );
-        assert!(
-            line["span"]["attempt"].is_number(),
-            "{state} carries attempt"
-        );
+        assert!(line["span"]["export_id"].is_string(), "{state} carries export_id: {line}");
+        assert!(line["span"]["message_id"].is_string(), "{state} carries message_id");
+        assert!(line["span"]["attempt"].is_number(), "{state} carries attempt");
     }
-    let dlq = lines
-        .iter()
-        .find(|l| message(l).contains("dead-letter queue"))
-        .expect("a DLQ line");
+    let dlq = lines.iter().find(|l| message(l).contains("dead-letter queue")).expect("a DLQ line");
     assert_eq!(dlq["span"]["message_id"], "m2");
 
-    let metrics: Vec<&serde_json::Value> =
-        lines.iter().filter(|l| l.get("_aws").is_some()).collect();
+    let metrics: Vec<&serde_json::Value> = lines.iter().filter(|l| l.get("_aws").is_some()).collect();
     let named = |name: &str| {
         metrics.iter().any(|m| {
-            m["_aws"]["CloudWatchMetrics"][0]["Metrics"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|d| d["Name"] == name)
+            m["_aws"]["CloudWatchMetrics"][0]["Metrics"].as_array().unwrap().iter().any(|d| d["Name"] == name)
         })
     };
     for name in [
@@ -191,25 +139,12 @@ async fn a_full_run_logs_json_lines_with_export_fields_and_metrics_and_no_secret
     ] {
         assert!(named(name), "metric {name} is emitted");
     }
-    let outcomes: Vec<&str> = metrics
-        .iter()
-        .filter_map(|m| m["Outcome"].as_str())
-        .collect();
+    let outcomes: Vec<&str> = metrics.iter().filter_map(|m| m["Outcome"].as_str()).collect();
     for outcome in ["completed", "requeued", "dlq"] {
-        assert!(
-            outcomes.contains(&outcome),
-            "outcome {outcome} in {outcomes:?}"
-        );
+        assert!(outcomes.contains(&outcome), "outcome {outcome} in {outcomes:?}");
     }
-    assert!(
-        metrics
-            .iter()
-            .all(|m| m["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "ExportRelay")
-    );
-    assert!(
-        lines.iter().any(|l| message(l) == "shutting down"),
-        "SIGTERM is handled"
-    );
+    assert!(metrics.iter().all(|m| m["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "ExportRelay"));
+    assert!(lines.iter().any(|l| message(l) == "shutting down"), "SIGTERM is handled");
     assert!(stderr.contains("Graceful shutdown completed"), "{stderr}");
 }
 
@@ -223,14 +158,8 @@ fn a_missing_setting_stops_the_cold_start_with_one_clear_line() {
         .output()
         .unwrap();
     assert!(!output.status.success());
-    let all = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let all =
+        format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     assert!(all.contains("DESTINATION_BUCKET is not set"), "{all}");
-    assert!(
-        !all.contains("dm_sk_live_secret_value"),
-        "the key never shows: {all}"
-    );
+    assert!(!all.contains("dm_sk_live_secret_value"), "the key never shows: {all}");
 }

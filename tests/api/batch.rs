@@ -11,31 +11,17 @@ use crate::helpers::spawn_app;
 async fn a_mixed_batch_reports_exactly_the_records_worth_retrying() {
     let app = spawn_app().await;
     let done = app.completed(vec![FileSpec::csv("a.csv.gz", 1, 50)]);
-    let running = app
-        .sim
-        .add_export(ExportSpec::scripted(&[Status::Processing], vec![]));
+    let running = app.sim.add_export(ExportSpec::scripted(&[Status::Processing], vec![]));
     let flaky = app.completed(vec![FileSpec {
         fault: Some(DownloadFault::Status(503)),
         ..FileSpec::csv("b.csv.gz", 2, 50)
     }]);
     let unknown = "00000000-0000-0000-0000-000000000000";
 
-    let failures = app
-        .deliver(&[
-            &done,
-            &running,
-            "{\"export_id\": ",
-            &flaky,
-            "../../etc/passwd",
-            unknown,
-        ])
-        .await;
+    let failures =
+        app.deliver(&[&done, &running, "{\"export_id\": ", &flaky, "../../etc/passwd", unknown]).await;
 
-    assert_eq!(
-        failures,
-        vec!["m3"],
-        "only the transient download failure is retried"
-    );
+    assert_eq!(failures, vec!["m3"], "only the transient download failure is retried");
     assert_eq!(app.file_keys().await, vec![app.key(&done, "a.csv.gz")]);
     assert_eq!(app.delayed_count().await, 1, "the running export is polled");
 
@@ -45,11 +31,7 @@ async fn a_mixed_batch_reports_exactly_the_records_worth_retrying() {
     let summary: Vec<(&str, &str, &str)> = dead
         .iter()
         .map(|m| {
-            (
-                m.attributes["source_message_id"].as_str(),
-                m.attributes["error_code"].as_str(),
-                m.raw.as_str(),
-            )
+            (m.attributes["source_message_id"].as_str(), m.attributes["error_code"].as_str(), m.raw.as_str())
         })
         .collect();
     assert_eq!(
@@ -61,10 +43,7 @@ async fn a_mixed_batch_reports_exactly_the_records_worth_retrying() {
         ],
         "poison records are set aside intact, with the reason"
     );
-    assert!(
-        dead.iter()
-            .all(|m| !m.attributes["error_message"].is_empty())
-    );
+    assert!(dead.iter().all(|m| !m.attributes["error_message"].is_empty()));
 }
 
 #[tokio::test]
@@ -89,9 +68,6 @@ async fn records_of_a_batch_run_concurrently() {
     assert_eq!(downloads.len(), 5);
     let first_end = downloads.iter().map(|d| d.at).min().unwrap();
     let last_start_bound = downloads.iter().map(|d| d.at).max().unwrap();
-    assert!(
-        last_start_bound - first_end < slow,
-        "all downloads started together"
-    );
+    assert!(last_start_bound - first_end < slow, "all downloads started together");
     assert!(started.elapsed() >= slow);
 }

@@ -9,38 +9,21 @@ use crate::helpers::{PART, sha256, spawn_app};
 async fn a_completed_export_with_two_files_arrives_byte_identical() {
     let app = spawn_app().await;
     // Stored (level 0) gzip keeps the big file over three parts without slow compression.
-    let big = FileSpec {
-        content: CsvGz {
-            seed: 1,
-            rows: 180_000,
-            level: 0,
-        },
-        ..FileSpec::csv("big.csv.gz", 1, 0)
-    };
+    let big =
+        FileSpec { content: CsvGz { seed: 1, rows: 180_000, level: 0 }, ..FileSpec::csv("big.csv.gz", 1, 0) };
     let small = FileSpec::csv("small.csv.gz", 2, 300);
     let id = app.completed(vec![big, small]);
     let expected = app.sim.files(&id);
-    assert!(
-        expected[0].1.size > 3 * PART as u64,
-        "the big file must span more than three parts"
-    );
+    assert!(expected[0].1.size > 3 * PART as u64, "the big file must span more than three parts");
 
-    let failures = app
-        .deliver(&[&json!({"export_id": id, "metadata": {"crm_id": "c-42"}}).to_string()])
-        .await;
+    let failures =
+        app.deliver(&[&json!({"export_id": id, "metadata": {"crm_id": "c-42"}}).to_string()]).await;
     assert!(failures.is_empty());
 
     for (filename, measured) in &expected {
-        let (bytes, object) = app
-            .object(&app.key(&id, filename))
-            .await
-            .expect("object exists");
+        let (bytes, object) = app.object(&app.key(&id, filename)).await.expect("object exists");
         assert_eq!(bytes.len() as u64, measured.size, "{filename}");
-        assert_eq!(
-            sha256(&bytes),
-            measured.sha256,
-            "{filename} is byte-identical"
-        );
+        assert_eq!(sha256(&bytes), measured.sha256, "{filename} is byte-identical");
         assert_eq!(object.content_type(), Some("application/gzip"));
         let metadata = object.metadata().unwrap();
         assert_eq!(metadata["export-id"], id);
@@ -51,10 +34,7 @@ async fn a_completed_export_with_two_files_arrives_byte_identical() {
     let hooks = app.webhooks();
     assert_eq!(hooks.len(), 1);
     let hook = &hooks[0];
-    assert!(
-        hook.verified,
-        "signature verifies with the standardwebhooks library"
-    );
+    assert!(hook.verified, "signature verifies with the standardwebhooks library");
     assert_eq!(hook.body["type"], "export.completed");
     let data = &hook.body["data"];
     assert_eq!(data["export_id"], id.as_str());
@@ -88,28 +68,16 @@ async fn the_webhook_is_signed_by_the_standard_webhooks_rules() {
     headers.insert("webhook-id", hook.webhook_id.parse().unwrap());
     headers.insert("webhook-timestamp", hook.timestamp.parse().unwrap());
     headers.insert("webhook-signature", hook.signature.parse().unwrap());
-    verifier
-        .verify(hook.raw.as_bytes(), &headers)
-        .expect("signature verifies");
-    headers.insert(
-        "webhook-signature",
-        hook.signature.replace("v1,", "v1,A").parse().unwrap(),
-    );
-    assert!(
-        verifier.verify(hook.raw.as_bytes(), &headers).is_err(),
-        "a tampered signature fails"
-    );
+    verifier.verify(hook.raw.as_bytes(), &headers).expect("signature verifies");
+    headers.insert("webhook-signature", hook.signature.replace("v1,", "v1,A").parse().unwrap());
+    assert!(verifier.verify(hook.raw.as_bytes(), &headers).is_err(), "a tampered signature fails");
 }
 
 #[tokio::test]
 async fn a_download_that_breaks_off_leaves_nothing_behind_and_is_retried() {
     let app = spawn_app().await;
     let file = FileSpec {
-        content: CsvGz {
-            seed: 4,
-            rows: 120_000,
-            level: 0,
-        },
+        content: CsvGz { seed: 4, rows: 120_000, level: 0 },
         fault: Some(DownloadFault::CloseAfter(2 * PART as u64 + 12_345)),
         ..FileSpec::csv("cut.csv.gz", 4, 0)
     };
@@ -118,15 +86,8 @@ async fn a_download_that_breaks_off_leaves_nothing_behind_and_is_retried() {
     let failures = app.deliver(&[&id]).await;
     assert_eq!(failures, vec!["m0"], "a broken download is worth retrying");
     assert!(app.file_keys().await.is_empty(), "no partial object");
-    assert_eq!(
-        app.pending_uploads().await,
-        0,
-        "the multipart upload was aborted"
-    );
-    assert!(
-        app.webhooks().is_empty(),
-        "no webhook for a copy that did not finish"
-    );
+    assert_eq!(app.pending_uploads().await, 0, "the multipart upload was aborted");
+    assert!(app.webhooks().is_empty(), "no webhook for a copy that did not finish");
 }
 
 #[tokio::test]
@@ -144,30 +105,17 @@ async fn a_download_url_off_the_allow_list_is_refused_with_export_failed() {
     assert!(app.file_keys().await.is_empty());
     let hooks = app.webhooks();
     assert_eq!(hooks[0].body["type"], "export.failed");
-    assert!(
-        hooks[0].body["data"]["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("DOWNLOAD_HOSTS")
-    );
+    assert!(hooks[0].body["data"]["error"]["message"].as_str().unwrap().contains("DOWNLOAD_HOSTS"));
 }
 
 #[tokio::test]
 async fn hostile_file_names_stay_inside_the_export_folder() {
     let app = spawn_app().await;
-    let id = app.completed(vec![
-        FileSpec::csv("../../escape.csv.gz", 6, 10),
-        FileSpec::csv("/etc/passwd", 7, 10),
-    ]);
+    let id =
+        app.completed(vec![FileSpec::csv("../../escape.csv.gz", 6, 10), FileSpec::csv("/etc/passwd", 7, 10)]);
     app.deliver(&[&id]).await;
     let mut keys = app.file_keys().await;
     keys.sort();
     let folder = app.key(&id, "");
-    assert_eq!(
-        keys,
-        vec![
-            format!("{folder}.._.._escape.csv.gz"),
-            format!("{folder}_etc_passwd")
-        ]
-    );
+    assert_eq!(keys, vec![format!("{folder}.._.._escape.csv.gz"), format!("{folder}_etc_passwd")]);
 }

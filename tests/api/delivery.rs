@@ -11,23 +11,13 @@ use crate::helpers::{PART, Setup, sha256, spawn_app, spawn_app_with};
 
 /// A file big enough for a multipart upload, stored uncompressed inside gzip so it builds fast.
 fn big(name: &str, seed: u64) -> FileSpec {
-    FileSpec {
-        content: CsvGz {
-            seed,
-            rows: 60_000,
-            level: 0,
-        },
-        ..FileSpec::csv(name, seed, 0)
-    }
+    FileSpec { content: CsvGz { seed, rows: 60_000, level: 0 }, ..FileSpec::csv(name, seed, 0) }
 }
 
 #[tokio::test]
 async fn the_manifest_is_written_last_and_names_every_checked_file() {
     let app = spawn_app().await;
-    let id = app.completed(vec![
-        big("big.csv.gz", 1),
-        FileSpec::csv("small.csv.gz", 2, 250),
-    ]);
+    let id = app.completed(vec![big("big.csv.gz", 1), FileSpec::csv("small.csv.gz", 2, 250)]);
     let expected = app.sim.files(&id);
     assert!(expected[0].1.size > PART as u64, "one multipart file");
 
@@ -48,11 +38,7 @@ async fn the_manifest_is_written_last_and_names_every_checked_file() {
         assert_eq!(file["sha256"], measured.sha256.as_str());
         let (bytes, object) = app.object(&app.key(&id, name)).await.unwrap();
         assert_eq!(sha256(&bytes), measured.sha256);
-        assert_eq!(
-            object.metadata().unwrap()["sha256"],
-            measured.sha256,
-            "SHA-256 in the object's metadata"
-        );
+        assert_eq!(object.metadata().unwrap()["sha256"], measured.sha256, "SHA-256 in the object's metadata");
     }
     assert_eq!(files[0]["rows"], 60_000);
     assert_eq!(files[1]["rows"], 250);
@@ -69,10 +55,7 @@ async fn the_crc64nvme_sent_to_s3_is_that_of_the_stored_bytes() {
     // without echoing it back, so the test checks the value itself against the stored bytes.
     use base64::Engine;
     let app = spawn_app().await;
-    let id = app.completed(vec![
-        big("big.csv.gz", 3),
-        FileSpec::csv("small.csv.gz", 3, 100),
-    ]);
+    let id = app.completed(vec![big("big.csv.gz", 3), FileSpec::csv("small.csv.gz", 3, 100)]);
     app.deliver(&[&id]).await;
 
     let manifest = app.manifest(&id).await.unwrap();
@@ -87,10 +70,7 @@ async fn the_crc64nvme_sent_to_s3_is_that_of_the_stored_bytes() {
 #[tokio::test]
 async fn a_body_longer_than_its_size_is_refused_and_nothing_is_committed() {
     let app = spawn_app().await;
-    let file = FileSpec {
-        fault: Some(DownloadFault::ExtraBytes(10)),
-        ..big("long.csv.gz", 4)
-    };
+    let file = FileSpec { fault: Some(DownloadFault::ExtraBytes(10)), ..big("long.csv.gz", 4) };
     let id = app.completed(vec![file]);
 
     assert_eq!(app.deliver(&[&id]).await, vec!["m0"]);
@@ -102,37 +82,21 @@ async fn a_body_longer_than_its_size_is_refused_and_nothing_is_committed() {
 #[tokio::test]
 async fn a_truncated_download_leaves_no_object_and_no_manifest() {
     let app = spawn_app().await;
-    let file = FileSpec {
-        fault: Some(DownloadFault::CloseAfter(PART as u64 + 100)),
-        ..big("cut.csv.gz", 5)
-    };
+    let file = FileSpec { fault: Some(DownloadFault::CloseAfter(PART as u64 + 100)), ..big("cut.csv.gz", 5) };
     let id = app.completed(vec![FileSpec::csv("first.csv.gz", 6, 10), file]);
 
     assert_eq!(app.deliver(&[&id]).await, vec!["m0"]);
 
     assert!(app.manifest(&id).await.is_none(), "no commit marker");
-    assert_eq!(
-        app.file_keys().await,
-        vec![app.key(&id, "first.csv.gz")],
-        "only the file that was complete"
-    );
+    assert_eq!(app.file_keys().await, vec![app.key(&id, "first.csv.gz")], "only the file that was complete");
     assert_eq!(app.pending_uploads().await, 0);
 }
 
 #[tokio::test]
 async fn corrupt_gzip_is_refused_with_export_failed() {
     let app = spawn_app().await;
-    let size = CsvGz {
-        seed: 7,
-        rows: 60_000,
-        level: 0,
-    }
-    .measure()
-    .size;
-    let file = FileSpec {
-        fault: Some(DownloadFault::FlipByteAt(size - 5)),
-        ..big("bad.csv.gz", 7)
-    };
+    let size = CsvGz { seed: 7, rows: 60_000, level: 0 }.measure().size;
+    let file = FileSpec { fault: Some(DownloadFault::FlipByteAt(size - 5)), ..big("bad.csv.gz", 7) };
     let id = app.completed(vec![file]);
 
     let report = app.invoke(json!({"export_id": id})).await;
@@ -142,10 +106,7 @@ async fn corrupt_gzip_is_refused_with_export_failed() {
     assert!(app.manifest(&id).await.is_none());
     assert!(app.file_keys().await.is_empty());
     assert_eq!(app.pending_uploads().await, 0);
-    assert_eq!(
-        app.webhooks()[0].body["data"]["error"]["code"],
-        "corrupt_file"
-    );
+    assert_eq!(app.webhooks()[0].body["data"]["error"]["code"], "corrupt_file");
 }
 
 #[tokio::test]
@@ -170,11 +131,9 @@ async fn a_record_count_mismatch_is_reported_but_committed_by_default() {
 
 #[tokio::test]
 async fn a_record_count_mismatch_fails_the_delivery_in_strict_mode() {
-    let app = spawn_app_with(Setup {
-        env: vec![("STRICT_RECORD_COUNT", "true".into())],
-        ..Default::default()
-    })
-    .await;
+    let app =
+        spawn_app_with(Setup { env: vec![("STRICT_RECORD_COUNT", "true".into())], ..Default::default() })
+            .await;
     let id = app.sim.add_export(ExportSpec {
         record_count: Some(999),
         ..ExportSpec::completed(vec![FileSpec::csv("a.csv.gz", 8, 100)])
@@ -192,20 +151,13 @@ async fn a_record_count_mismatch_fails_the_delivery_in_strict_mode() {
 #[tokio::test]
 async fn the_same_message_twice_in_a_row_copies_and_notifies_once() {
     let app = spawn_app().await;
-    let id = app.completed(vec![
-        FileSpec::csv("a.csv.gz", 9, 100),
-        FileSpec::csv("b.csv.gz", 10, 100),
-    ]);
+    let id = app.completed(vec![FileSpec::csv("a.csv.gz", 9, 100), FileSpec::csv("b.csv.gz", 10, 100)]);
 
     assert!(app.deliver(&[&id]).await.is_empty());
     let keys = app.keys().await;
     assert!(app.deliver(&[&id]).await.is_empty());
 
-    assert_eq!(
-        app.sim.seen_matching("/files/").len(),
-        2,
-        "each file downloaded once"
-    );
+    assert_eq!(app.sim.seen_matching("/files/").len(), 2, "each file downloaded once");
     assert_eq!(app.webhooks().len(), 1, "one webhook");
     assert_eq!(app.keys().await, keys, "the bucket did not change");
     assert!(keys.contains(&app.key(&id, ".delivered/export.completed.json")));
@@ -214,10 +166,7 @@ async fn the_same_message_twice_in_a_row_copies_and_notifies_once() {
 #[tokio::test]
 async fn the_same_message_twice_at_once_ends_with_one_consistent_export() {
     let app = spawn_app().await;
-    let id = app.completed(vec![
-        big("big.csv.gz", 11),
-        FileSpec::csv("small.csv.gz", 12, 100),
-    ]);
+    let id = app.completed(vec![big("big.csv.gz", 11), FileSpec::csv("small.csv.gz", 12, 100)]);
     let expected = app.sim.files(&id);
 
     // Two invocations at the same time, as a redelivery racing a re-enqueued copy would be.
@@ -233,20 +182,9 @@ async fn the_same_message_twice_at_once_ends_with_one_consistent_export() {
     }
     assert_eq!(app.pending_uploads().await, 0);
     let hooks = app.webhooks();
-    assert!(
-        (1..=2).contains(&hooks.len()),
-        "at most the webhooks needed, got {}",
-        hooks.len()
-    );
-    assert!(
-        hooks.iter().all(|h| h.webhook_id == hooks[0].webhook_id),
-        "all with one webhook-id"
-    );
-    assert!(
-        hooks
-            .iter()
-            .all(|h| h.body["data"]["files"] == hooks[0].body["data"]["files"])
-    );
+    assert!((1..=2).contains(&hooks.len()), "at most the webhooks needed, got {}", hooks.len());
+    assert!(hooks.iter().all(|h| h.webhook_id == hooks[0].webhook_id), "all with one webhook-id");
+    assert!(hooks.iter().all(|h| h.body["data"]["files"] == hooks[0].body["data"]["files"]));
 }
 
 #[tokio::test]
@@ -255,28 +193,14 @@ async fn a_webhook_that_failed_is_sent_on_redelivery_without_copying_again() {
     let id = app.completed(vec![FileSpec::csv("a.csv.gz", 13, 100)]);
     app.receiver.answer_next(&[500]);
 
-    assert_eq!(
-        app.deliver(&[&id]).await,
-        vec!["m0"],
-        "the webhook failed, so SQS must retry"
-    );
-    assert!(
-        app.manifest(&id).await.is_some(),
-        "the files were committed all the same"
-    );
+    assert_eq!(app.deliver(&[&id]).await, vec!["m0"], "the webhook failed, so SQS must retry");
+    assert!(app.manifest(&id).await.is_some(), "the files were committed all the same");
 
     assert!(app.deliver(&[&id]).await.is_empty());
 
-    assert_eq!(
-        app.sim.seen_matching("/files/").len(),
-        1,
-        "not copied again"
-    );
+    assert_eq!(app.sim.seen_matching("/files/").len(), 1, "not copied again");
     let hooks = app.webhooks();
-    assert_eq!(
-        hooks.iter().map(|h| h.answered).collect::<Vec<_>>(),
-        vec![500, 200]
-    );
+    assert_eq!(hooks.iter().map(|h| h.answered).collect::<Vec<_>>(), vec![500, 200]);
     assert_eq!(hooks[0].webhook_id, hooks[1].webhook_id);
 }
 
@@ -285,18 +209,11 @@ async fn an_invocation_near_its_deadline_stops_cleanly_and_leaves_the_record_to_
     let app = spawn_app().await;
     // About 2 s per part at this pace, so the first part alone overruns a 7 s deadline that
     // keeps 5 s back for cleaning up.
-    let file = FileSpec {
-        fault: Some(DownloadFault::Slow(Duration::from_millis(25))),
-        ..big("slow.csv.gz", 14)
-    };
+    let file =
+        FileSpec { fault: Some(DownloadFault::Slow(Duration::from_millis(25))), ..big("slow.csv.gz", 14) };
     let id = app.completed(vec![file]);
 
-    let failures = app
-        .deliver_by(
-            &[&id],
-            Deadline::at(Instant::now() + Duration::from_secs(7)),
-        )
-        .await;
+    let failures = app.deliver_by(&[&id], Deadline::at(Instant::now() + Duration::from_secs(7))).await;
 
     assert_eq!(failures, vec!["m0"]);
     app.assert_nothing_stored().await;
@@ -308,18 +225,10 @@ async fn an_invocation_with_no_time_left_does_not_start_a_copy() {
     let app = spawn_app().await;
     let id = app.completed(vec![FileSpec::csv("a.csv.gz", 15, 10)]);
 
-    let failures = app
-        .deliver_by(
-            &[&id],
-            Deadline::at(Instant::now() + Duration::from_secs(1)),
-        )
-        .await;
+    let failures = app.deliver_by(&[&id], Deadline::at(Instant::now() + Duration::from_secs(1))).await;
 
     assert_eq!(failures, vec!["m0"]);
-    assert!(
-        app.sim.seen_matching("/files/").is_empty(),
-        "no download started"
-    );
+    assert!(app.sim.seen_matching("/files/").is_empty(), "no download started");
     app.assert_nothing_stored().await;
 }
 
@@ -330,22 +239,14 @@ async fn only_the_first_of_two_commits_wins() {
     use export_relay::manifest::{Ledger, Manifest};
 
     let app = spawn_app().await;
-    let ledger = Ledger::new(
-        app.s3.clone(),
-        app.bucket.clone(),
-        app.config.prefix.clone(),
-    );
+    let ledger = Ledger::new(app.s3.clone(), app.bucket.clone(), app.config.prefix.clone());
     let export = parse_export(include_bytes!("../fixtures/get-export-completed.json")).unwrap();
     let first = Manifest::new(&export, vec![]);
     let mut second = Manifest::new(&export, vec![]);
     second.relay_version = "another run".into();
 
     assert_eq!(ledger.commit(first.clone()).await.unwrap(), first);
-    assert_eq!(
-        ledger.commit(second).await.unwrap(),
-        first,
-        "the later run adopts the committed manifest"
-    );
+    assert_eq!(ledger.commit(second).await.unwrap(), first, "the later run adopts the committed manifest");
     let id = ExportId::parse(&export.export_id).unwrap();
     assert_eq!(ledger.committed(&id).await.unwrap(), Some(first));
 }

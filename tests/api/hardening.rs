@@ -16,23 +16,13 @@ use serde_json::json;
 use crate::helpers::{PART, Setup, spawn_app, spawn_app_with};
 
 fn big(name: &str, seed: u64) -> FileSpec {
-    FileSpec {
-        content: CsvGz {
-            seed,
-            rows: 120_000,
-            level: 0,
-        },
-        ..FileSpec::csv(name, seed, 0)
-    }
+    FileSpec { content: CsvGz { seed, rows: 120_000, level: 0 }, ..FileSpec::csv(name, seed, 0) }
 }
 
 #[tokio::test]
 async fn a_body_over_256_kib_is_set_aside_intact_or_left_to_the_redrive_policy() {
     let app = spawn_app().await;
-    let huge = format!(
-        "{{\"export_id\": \"x\", \"metadata\": {{\"pad\": \"{}\"}}}}",
-        "a".repeat(300 * 1024)
-    );
+    let huge = format!("{{\"export_id\": \"x\", \"metadata\": {{\"pad\": \"{}\"}}}}", "a".repeat(300 * 1024));
 
     let failures = app.deliver(&[&huge]).await;
 
@@ -53,18 +43,11 @@ async fn a_body_over_256_kib_is_set_aside_intact_or_left_to_the_redrive_policy()
 #[tokio::test]
 async fn a_dead_letter_queue_that_refuses_the_record_leaves_it_to_sqs() {
     let app = spawn_app_with(Setup {
-        env: vec![(
-            "DEAD_LETTER_QUEUE_URL",
-            "http://127.0.0.1:1/123456789012/missing".into(),
-        )],
+        env: vec![("DEAD_LETTER_QUEUE_URL", "http://127.0.0.1:1/123456789012/missing".into())],
         ..Default::default()
     })
     .await;
-    assert_eq!(
-        app.deliver(&["not an id!"]).await,
-        vec!["m0"],
-        "not acknowledged, so not lost"
-    );
+    assert_eq!(app.deliver(&["not an id!"]).await, vec!["m0"], "not acknowledged, so not lost");
 }
 
 #[tokio::test]
@@ -72,17 +55,12 @@ async fn a_failed_requeue_fails_the_record_so_the_poll_is_not_lost() {
     let app = spawn_app_with(Setup {
         env: vec![(
             "QUEUE_URL",
-            format!(
-                "{}/123456789012/no-such-queue",
-                std::env::var("AWS_ENDPOINT_URL").unwrap()
-            ),
+            format!("{}/123456789012/no-such-queue", std::env::var("AWS_ENDPOINT_URL").unwrap()),
         )],
         ..Default::default()
     })
     .await;
-    let id = app
-        .sim
-        .add_export(ExportSpec::scripted(&[Status::Processing], vec![]));
+    let id = app.sim.add_export(ExportSpec::scripted(&[Status::Processing], vec![]));
     assert_eq!(app.deliver(&[&id]).await, vec!["m0"]);
 }
 
@@ -90,10 +68,7 @@ async fn a_failed_requeue_fails_the_record_so_the_poll_is_not_lost() {
 async fn app_with_named_host() -> crate::helpers::TestApp {
     spawn_app_with(Setup {
         env: vec![("DOWNLOAD_HOSTS", "localhost".into())],
-        sim: SimOptions {
-            public_host: Some("localhost".into()),
-            ..SimOptions::default()
-        },
+        sim: SimOptions { public_host: Some("localhost".into()), ..SimOptions::default() },
     })
     .await
 }
@@ -101,27 +76,16 @@ async fn app_with_named_host() -> crate::helpers::TestApp {
 #[tokio::test]
 async fn redirects_to_hosts_off_the_allow_list_are_refused() {
     let app = app_with_named_host().await;
-    for target in [
-        "http://127.0.0.1:9/steal",
-        "http://169.254.169.254/latest/meta-data/iam/",
-    ] {
-        let file = FileSpec {
-            fault: Some(DownloadFault::Redirect(target)),
-            ..FileSpec::csv("a.csv.gz", 1, 10)
-        };
+    for target in ["http://127.0.0.1:9/steal", "http://169.254.169.254/latest/meta-data/iam/"] {
+        let file =
+            FileSpec { fault: Some(DownloadFault::Redirect(target)), ..FileSpec::csv("a.csv.gz", 1, 10) };
         let id = app.completed(vec![file]);
 
         let report = app.invoke(json!({"export_id": id})).await;
 
         assert_eq!(report["outcome"], "failed", "{target}");
         assert_eq!(report["error"]["code"], "download_url_refused");
-        assert!(
-            report["error"]["message"]
-                .as_str()
-                .unwrap()
-                .contains("not in DOWNLOAD_HOSTS"),
-            "{report}"
-        );
+        assert!(report["error"]["message"].as_str().unwrap().contains("not in DOWNLOAD_HOSTS"), "{report}");
     }
     app.assert_no_files().await;
 }
@@ -142,10 +106,7 @@ async fn unusable_file_names_are_refused_and_odd_ones_made_safe() {
         vec![FileSpec::csv("", 1, 1)],
         vec![FileSpec::csv(&"n".repeat(300), 1, 1)],
         vec![FileSpec::csv("..", 1, 1)],
-        vec![
-            FileSpec::csv("same.csv.gz", 1, 1),
-            FileSpec::csv("same.csv.gz", 2, 1),
-        ],
+        vec![FileSpec::csv("same.csv.gz", 1, 1), FileSpec::csv("same.csv.gz", 2, 1)],
         vec![FileSpec::csv("a/b", 1, 1), FileSpec::csv("a_b", 2, 1)],
     ];
     for files in refused {
@@ -153,30 +114,15 @@ async fn unusable_file_names_are_refused_and_odd_ones_made_safe() {
         let report = app.invoke(json!({"export_id": id})).await;
         assert_eq!(report["outcome"], "failed", "{report}");
         let code = report["error"]["code"].as_str().unwrap();
-        assert!(
-            matches!(code, "bad_file_name" | "duplicate_file_name"),
-            "{code}"
-        );
+        assert!(matches!(code, "bad_file_name" | "duplicate_file_name"), "{code}");
     }
 
     let id = app.completed(vec![FileSpec::csv("tab\there\u{7}bell\r\n.csv.gz", 3, 10)]);
     let report = app.invoke(json!({"export_id": id})).await;
-    assert_eq!(
-        report["files"][0]["key"],
-        app.key(&id, "tab_here_bell__.csv.gz").as_str()
-    );
+    assert_eq!(report["files"][0]["key"], app.key(&id, "tab_here_bell__.csv.gz").as_str());
     let prefix = format!("{}{id}/", app.config.prefix);
-    assert!(
-        app.file_keys()
-            .await
-            .iter()
-            .all(|k| k.starts_with(&app.config.prefix)),
-        "nothing escapes"
-    );
-    assert_eq!(
-        app.file_keys().await,
-        vec![format!("{prefix}tab_here_bell__.csv.gz")]
-    );
+    assert!(app.file_keys().await.iter().all(|k| k.starts_with(&app.config.prefix)), "nothing escapes");
+    assert_eq!(app.file_keys().await, vec![format!("{prefix}tab_here_bell__.csv.gz")]);
 }
 
 #[tokio::test]
@@ -186,13 +132,12 @@ async fn broken_api_answers_get_a_clear_error_and_write_nothing() {
     let data = |extra: serde_json::Value| {
         let mut export = json!({"export_id": id, "status": "completed", "name": "x",
             "download_urls": [{"filename": "a.csv.gz", "url": "http://127.0.0.1:9/a", "size": 1}]});
-        export
-            .as_object_mut()
-            .unwrap()
-            .extend(extra.as_object().unwrap().clone());
+        export.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
         json!({"data": export}).to_string()
     };
-    let thousands: Vec<_> = (0..5000).map(|i| json!({"filename": format!("f{i}.csv.gz"), "url": "http://127.0.0.1:9/a", "size": 1})).collect();
+    let thousands: Vec<_> = (0..5000)
+        .map(|i| json!({"filename": format!("f{i}.csv.gz"), "url": "http://127.0.0.1:9/a", "size": 1}))
+        .collect();
     let cases = [
         (
             "html",
@@ -241,9 +186,7 @@ async fn broken_api_answers_get_a_clear_error_and_write_nothing() {
             ApiFault::Raw {
                 status: 200,
                 content_type: "application/json",
-                body: data(
-                    json!({"download_urls": [{"filename": "a", "url": "http://127.0.0.1:9/a"}]}),
-                ),
+                body: data(json!({"download_urls": [{"filename": "a", "url": "http://127.0.0.1:9/a"}]})),
             },
         ),
         (
@@ -258,11 +201,7 @@ async fn broken_api_answers_get_a_clear_error_and_write_nothing() {
     for (name, fault) in cases {
         app.sim.push_faults(&[fault]);
         let failures = app.deliver(&[&id]).await;
-        assert_eq!(
-            failures,
-            vec!["m0"],
-            "{name}: retried later, not lost and not acknowledged"
-        );
+        assert_eq!(failures, vec!["m0"], "{name}: retried later, not lost and not acknowledged");
     }
     assert!(app.keys().await.is_empty(), "nothing written to S3");
     assert!(app.webhooks().is_empty());
@@ -275,15 +214,12 @@ async fn a_download_that_stalls_is_given_up_after_the_idle_timeout() {
         ..Default::default()
     })
     .await;
-    let file = FileSpec {
-        fault: Some(DownloadFault::StallAfter(PART as u64 + 1000)),
-        ..big("stall.csv.gz", 2)
-    };
+    let file =
+        FileSpec { fault: Some(DownloadFault::StallAfter(PART as u64 + 1000)), ..big("stall.csv.gz", 2) };
     let id = app.completed(vec![file]);
 
-    let failures = tokio::time::timeout(Duration::from_secs(30), app.deliver(&[&id]))
-        .await
-        .expect("does not hang");
+    let failures =
+        tokio::time::timeout(Duration::from_secs(30), app.deliver(&[&id])).await.expect("does not hang");
 
     assert_eq!(failures, vec!["m0"]);
     app.assert_nothing_stored().await;
@@ -328,18 +264,13 @@ async fn forward(
     body: Bytes,
 ) -> Response {
     let query = uri.query().unwrap_or_default();
-    let upload_part =
-        method == Method::PUT && query.contains("partNumber=") && query.contains("uploadId=");
+    let upload_part = method == Method::PUT && query.contains("partNumber=") && query.contains("uploadId=");
     if upload_part && (proxy.fail)(query) {
         proxy.injected.fetch_add(1, Ordering::SeqCst);
         let xml = "<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>";
         return (StatusCode::SERVICE_UNAVAILABLE, xml).into_response();
     }
-    let url = format!(
-        "{}{}",
-        proxy.moto,
-        uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")
-    );
+    let url = format!("{}{}", proxy.moto, uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"));
     let mut request = proxy.http.request(method, url).body(body);
     for (name, value) in &headers {
         if name != "host" {
@@ -367,10 +298,7 @@ impl aws_types::service_config::LoadServiceConfig for NoEnvironment {
 }
 
 /// The relay, built to reach S3 (and SQS) through `proxy_url`.
-async fn relay_through(
-    app: &crate::helpers::TestApp,
-    proxy_url: &str,
-) -> export_relay::handler::Relay {
+async fn relay_through(app: &crate::helpers::TestApp, proxy_url: &str) -> export_relay::handler::Relay {
     let aws = startup::aws_config()
         .await
         .into_builder()
@@ -387,11 +315,7 @@ async fn s3_slowdowns_on_some_parts_are_absorbed_by_the_sdk_retries() {
     // The first try of the first two parts fails.
     let (proxy, url) = FaultyS3::start(|query| {
         static SEEN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
-        let part = query
-            .split('&')
-            .find(|p| p.starts_with("partNumber="))
-            .unwrap_or_default()
-            .to_string();
+        let part = query.split('&').find(|p| p.starts_with("partNumber=")).unwrap_or_default().to_string();
         let mut seen = SEEN.lock().unwrap();
         let first_try = !seen.contains(&part);
         seen.push(part.clone());
@@ -400,21 +324,13 @@ async fn s3_slowdowns_on_some_parts_are_absorbed_by_the_sdk_retries() {
     .await;
     let relay = relay_through(&app, &url).await;
 
-    let report = relay
-        .handle(
-            json!({"export_id": id}),
-            export_relay::transfer::Deadline::NONE,
-        )
-        .await
-        .unwrap();
+    let report =
+        relay.handle(json!({"export_id": id}), export_relay::transfer::Deadline::NONE).await.unwrap();
 
     assert_eq!(report["outcome"], "completed");
     assert_eq!(proxy.injected.load(Ordering::SeqCst), 2);
     let (bytes, _) = app.object(&app.key(&id, "big.csv.gz")).await.unwrap();
-    assert_eq!(
-        crate::helpers::sha256(&bytes),
-        app.sim.files(&id)[0].1.sha256
-    );
+    assert_eq!(crate::helpers::sha256(&bytes), app.sim.files(&id)[0].1.sha256);
     assert_eq!(app.pending_uploads().await, 0);
 }
 
@@ -426,15 +342,9 @@ async fn an_s3_part_that_keeps_failing_aborts_the_upload_and_fails_the_record() 
     let relay = relay_through(&app, &url).await;
     let event = crate::helpers::sqs_event(&[&id]);
 
-    let response = relay
-        .handle(event, export_relay::transfer::Deadline::NONE)
-        .await
-        .unwrap();
+    let response = relay.handle(event, export_relay::transfer::Deadline::NONE).await.unwrap();
 
     assert_eq!(response["batchItemFailures"][0]["itemIdentifier"], "m0");
-    assert!(
-        proxy.injected.load(Ordering::SeqCst) >= 3,
-        "the SDK retried before giving up"
-    );
+    assert!(proxy.injected.load(Ordering::SeqCst) >= 3, "the SDK retried before giving up");
     app.assert_nothing_stored().await;
 }

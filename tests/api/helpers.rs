@@ -48,19 +48,13 @@ pub async fn spawn_app_with(setup: Setup) -> TestApp {
     );
     let loopback = "127.0.0.1:0".parse().unwrap();
     let sim = Simulator::start(setup.sim, loopback).await.unwrap();
-    let receiver = Receiver::start(WEBHOOK_SECRET, loopback, true)
-        .await
-        .unwrap();
+    let receiver = Receiver::start(WEBHOOK_SECRET, loopback, true).await.unwrap();
     let aws = startup::aws_config().await;
     let s3 = test_s3_client(&aws);
     let sqs = aws_sdk_sqs::Client::new(&aws);
 
     let name = format!("relay-{}", uuid::Uuid::new_v4().simple());
-    s3.create_bucket()
-        .bucket(&name)
-        .send()
-        .await
-        .expect("create bucket in moto");
+    s3.create_bucket().bucket(&name).send().await.expect("create bucket in moto");
     let queue_url = create_queue(&sqs, &name).await;
     let dlq_url = create_queue(&sqs, &format!("{name}-dlq")).await;
 
@@ -81,14 +75,11 @@ pub async fn spawn_app_with(setup: Setup) -> TestApp {
     ];
     env.retain(|(k, _)| !setup.env.iter().any(|(o, _)| o == k));
     env.extend(setup.env);
-    let mut config = Config::from_pairs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .expect("test settings are valid");
+    let mut config =
+        Config::from_pairs(env.iter().map(|(k, v)| (*k, v.as_str()))).expect("test settings are valid");
     // The same schedule as in production, made fast.
-    config.api_retry = RetryPolicy {
-        retries: 3,
-        first_delay: Duration::from_millis(20),
-        max_delay: Duration::from_secs(2),
-    };
+    config.api_retry =
+        RetryPolicy { retries: 3, first_delay: Duration::from_millis(20), max_delay: Duration::from_secs(2) };
     if let Some(webhook) = config.webhook.as_mut() {
         webhook.retry = RetryPolicy {
             retries: 2,
@@ -97,18 +88,7 @@ pub async fn spawn_app_with(setup: Setup) -> TestApp {
         };
     }
     let relay = startup::build_relay(&config, &aws).unwrap();
-    TestApp {
-        relay,
-        config,
-        sim,
-        receiver,
-        s3,
-        sqs,
-        bucket: name,
-        queue_url,
-        dlq_url,
-        env,
-    }
+    TestApp { relay, config, sim, receiver, s3, sqs, bucket: name, queue_url, dlq_url, env }
 }
 
 /// The tests' own S3 client. It does not check response checksums: moto reports a CRC32 where
@@ -122,13 +102,7 @@ pub fn test_s3_client(aws: &aws_config::SdkConfig) -> aws_sdk_s3::Client {
 }
 
 async fn create_queue(sqs: &aws_sdk_sqs::Client, name: &str) -> String {
-    sqs.create_queue()
-        .queue_name(name)
-        .send()
-        .await
-        .expect("create queue in moto")
-        .queue_url
-        .unwrap()
+    sqs.create_queue().queue_name(name).send().await.expect("create queue in moto").queue_url.unwrap()
 }
 
 /// An SQS event as Lambda delivers it, with message IDs `m0`, `m1`, ...
@@ -182,24 +156,14 @@ impl TestApp {
     }
 
     pub async fn invoke(&self, event: Value) -> Value {
-        self.relay
-            .handle(event, Deadline::NONE)
-            .await
-            .expect("invocation succeeds")
+        self.relay.handle(event, Deadline::NONE).await.expect("invocation succeeds")
     }
 
     pub async fn object(
         &self,
         key: &str,
     ) -> Option<(Vec<u8>, aws_sdk_s3::operation::get_object::GetObjectOutput)> {
-        let mut output = self
-            .s3
-            .get_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await
-            .ok()?;
+        let mut output = self.s3.get_object().bucket(&self.bucket).key(key).send().await.ok()?;
         let body = std::mem::replace(&mut output.body, ByteStream::from_static(b""));
         Some((body.collect().await.unwrap().to_vec(), output))
     }
@@ -208,37 +172,19 @@ impl TestApp {
     pub async fn file_keys(&self) -> Vec<String> {
         let mut keys = self.keys().await;
         keys.retain(|k| {
-            !k.ends_with("/manifest.json")
-                && !k.contains("/.delivered/")
-                && !k.ends_with("/.in-flight.json")
+            !k.ends_with("/manifest.json") && !k.contains("/.delivered/") && !k.ends_with("/.in-flight.json")
         });
         keys
     }
 
     /// Every key in the bucket, sorted.
     pub async fn keys(&self) -> Vec<String> {
-        let listed = self
-            .s3
-            .list_objects_v2()
-            .bucket(&self.bucket)
-            .send()
-            .await
-            .unwrap();
-        listed
-            .contents()
-            .iter()
-            .filter_map(|o| o.key.clone())
-            .collect()
+        let listed = self.s3.list_objects_v2().bucket(&self.bucket).send().await.unwrap();
+        listed.contents().iter().filter_map(|o| o.key.clone()).collect()
     }
 
     pub async fn pending_uploads(&self) -> usize {
-        let listed = self
-            .s3
-            .list_multipart_uploads()
-            .bucket(&self.bucket)
-            .send()
-            .await
-            .unwrap();
+        let listed = self.s3.list_multipart_uploads().bucket(&self.bucket).send().await.unwrap();
         listed.uploads().len()
     }
 
@@ -261,28 +207,14 @@ impl TestApp {
     /// upload is left open.
     pub async fn assert_no_files(&self) {
         assert_eq!(self.file_keys().await, Vec::<String>::new(), "no file");
-        assert!(
-            self.keys()
-                .await
-                .iter()
-                .all(|k| !k.ends_with("/manifest.json")),
-            "no manifest"
-        );
-        assert_eq!(
-            self.pending_uploads().await,
-            0,
-            "no multipart upload left open"
-        );
+        assert!(self.keys().await.iter().all(|k| !k.ends_with("/manifest.json")), "no manifest");
+        assert_eq!(self.pending_uploads().await, 0, "no multipart upload left open");
     }
 
     /// Asserts that nothing of the export is in the bucket and no upload is left open.
     pub async fn assert_nothing_stored(&self) {
         assert_eq!(self.keys().await, Vec::<String>::new(), "no object");
-        assert_eq!(
-            self.pending_uploads().await,
-            0,
-            "no multipart upload left open"
-        );
+        assert_eq!(self.pending_uploads().await, 0, "no multipart upload left open");
     }
 
     pub fn key(&self, export_id: &str, filename: &str) -> String {
@@ -313,9 +245,7 @@ impl TestApp {
                         .message_attributes()
                         .map(|a| {
                             a.iter()
-                                .map(|(k, v)| {
-                                    (k.clone(), v.string_value().unwrap_or_default().to_string())
-                                })
+                                .map(|(k, v)| (k.clone(), v.string_value().unwrap_or_default().to_string()))
                                 .collect()
                         })
                         .unwrap_or_default(),
@@ -348,19 +278,11 @@ pub fn assert_valid_event(body: &Value) {
     static SCHEMA: std::sync::LazyLock<jsonschema::Validator> = std::sync::LazyLock::new(|| {
         let schema: Value =
             serde_json::from_str(include_str!("../../schemas/webhook-event.schema.json")).unwrap();
-        jsonschema::options()
-            .should_validate_formats(true)
-            .build(&schema)
-            .expect("the schema is valid")
+        jsonschema::options().should_validate_formats(true).build(&schema).expect("the schema is valid")
     });
-    let errors: Vec<String> = SCHEMA
-        .iter_errors(body)
-        .map(|e| format!("{} at {}", e, e.instance_path()))
-        .collect();
-    assert!(
-        errors.is_empty(),
-        "webhook body does not match the schema: {errors:#?}\n{body:#}"
-    );
+    let errors: Vec<String> =
+        SCHEMA.iter_errors(body).map(|e| format!("{} at {}", e, e.instance_path())).collect();
+    assert!(errors.is_empty(), "webhook body does not match the schema: {errors:#?}\n{body:#}");
 }
 
 pub fn sha256(bytes: &[u8]) -> String {

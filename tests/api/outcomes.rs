@@ -8,13 +8,9 @@ use crate::helpers::spawn_app;
 #[tokio::test]
 async fn a_failed_export_gives_export_failed() {
     let app = spawn_app().await;
-    let id = app
-        .sim
-        .add_export(ExportSpec::scripted(&[Status::Failed], vec![]));
+    let id = app.sim.add_export(ExportSpec::scripted(&[Status::Failed], vec![]));
 
-    let failures = app
-        .deliver(&[&json!({"export_id": id, "metadata": {"k": "v"}}).to_string()])
-        .await;
+    let failures = app.deliver(&[&json!({"export_id": id, "metadata": {"k": "v"}}).to_string()]).await;
 
     assert!(failures.is_empty());
     let hooks = app.webhooks();
@@ -47,10 +43,7 @@ async fn a_completed_export_past_its_expiry_gives_export_expired() {
 #[tokio::test]
 async fn a_download_refused_by_the_file_host_gives_export_expired() {
     let app = spawn_app().await;
-    let file = FileSpec {
-        fault: Some(DownloadFault::Status(403)),
-        ..FileSpec::csv("a.csv.gz", 1, 10)
-    };
+    let file = FileSpec { fault: Some(DownloadFault::Status(403)), ..FileSpec::csv("a.csv.gz", 1, 10) };
     let id = app.completed(vec![file]);
 
     let report = app.invoke(json!({"export_id": id})).await;
@@ -68,28 +61,13 @@ async fn a_webhook_that_fails_fails_the_record_so_sqs_retries_it() {
     app.receiver.answer_next(&[500]);
 
     assert_eq!(app.deliver(&[&id]).await, vec!["m0"]);
-    assert_eq!(
-        app.webhooks().len(),
-        1,
-        "500 is not retried inside the invocation"
-    );
+    assert_eq!(app.webhooks().len(), 1, "500 is not retried inside the invocation");
 
     app.receiver.answer_next(&[503, 503, 503]);
     assert_eq!(app.deliver(&[&id]).await, vec!["m0"]);
     assert_eq!(app.webhooks().len(), 4, "503 gets two quick retries");
 
-    assert!(
-        app.deliver(&[&id]).await.is_empty(),
-        "succeeds once the receiver is back"
-    );
-    let ids: Vec<_> = app
-        .receiver
-        .received()
-        .iter()
-        .map(|r| r.webhook_id.clone())
-        .collect();
-    assert!(
-        ids.iter().all(|i| *i == ids[0]),
-        "one webhook-id for every attempt"
-    );
+    assert!(app.deliver(&[&id]).await.is_empty(), "succeeds once the receiver is back");
+    let ids: Vec<_> = app.receiver.received().iter().map(|r| r.webhook_id.clone()).collect();
+    assert!(ids.iter().all(|i| *i == ids[0]), "one webhook-id for every attempt");
 }

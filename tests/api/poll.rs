@@ -11,19 +11,14 @@ use crate::helpers::spawn_app;
 #[tokio::test]
 async fn a_processing_export_is_requeued_with_the_delay_attempt_and_body() {
     let app = spawn_app().await;
-    let id = app
-        .sim
-        .add_export(ExportSpec::scripted(&[Status::Processing], vec![]));
+    let id = app.sim.add_export(ExportSpec::scripted(&[Status::Processing], vec![]));
     let body = json!({"export_id": id, "metadata": {"batch": 7}}).to_string();
 
     assert!(app.deliver(&[&body]).await.is_empty());
 
     // POLL_INITIAL_DELAY_SECONDS is 2 here: the message is held back, then arrives.
     assert_eq!(app.delayed_count().await, 1, "the poll is delayed");
-    assert!(
-        app.receive(&app.queue_url, Duration::ZERO).await.is_empty(),
-        "not visible before its delay"
-    );
+    assert!(app.receive(&app.queue_url, Duration::ZERO).await.is_empty(), "not visible before its delay");
     let sent = Instant::now();
     let messages = app.receive(&app.queue_url, Duration::from_secs(5)).await;
     assert_eq!(messages.len(), 1);
@@ -32,36 +27,25 @@ async fn a_processing_export_is_requeued_with_the_delay_attempt_and_body() {
     assert_eq!(next["export_id"], id.as_str());
     assert_eq!(next["attempt"], 2);
     assert_eq!(next["metadata"], json!({"batch": 7}));
-    let first_seen = next["first_seen_at"]
-        .as_str()
-        .expect("first_seen_at is set");
+    let first_seen = next["first_seen_at"].as_str().expect("first_seen_at is set");
     chrono::DateTime::parse_from_rfc3339(first_seen).expect("RFC 3339");
     assert!(app.webhooks().is_empty(), "no webhook while running");
 
     // The next poll keeps first_seen_at and doubles the delay.
-    let report = app
-        .invoke(json!({"export_id": id, "attempt": 2, "first_seen_at": first_seen}))
-        .await;
+    let report = app.invoke(json!({"export_id": id, "attempt": 2, "first_seen_at": first_seen})).await;
     assert_eq!(report["outcome"], "requeued");
     assert_eq!(report["next_attempt"], 3);
     let delay = report["delay_seconds"].as_u64().unwrap();
-    assert!(
-        (3..=4).contains(&delay),
-        "about twice the initial 2 s, got {delay}"
-    );
+    assert!((3..=4).contains(&delay), "about twice the initial 2 s, got {delay}");
 }
 
 #[tokio::test]
 async fn polling_stops_with_export_timed_out_after_the_timeout() {
     let app = spawn_app().await;
-    let id = app
-        .sim
-        .add_export(ExportSpec::scripted(&[Status::Pending], vec![]));
+    let id = app.sim.add_export(ExportSpec::scripted(&[Status::Pending], vec![]));
     let long_ago = (chrono::Utc::now() - chrono::Duration::days(2)).to_rfc3339();
 
-    let report = app
-        .invoke(json!({"export_id": id, "attempt": 90, "first_seen_at": long_ago}))
-        .await;
+    let report = app.invoke(json!({"export_id": id, "attempt": 90, "first_seen_at": long_ago})).await;
 
     assert_eq!(report["outcome"], "timed_out");
     assert_eq!(app.delayed_count().await, 0, "not requeued");
@@ -80,14 +64,8 @@ async fn a_short_retry_after_is_waited_out_inside_the_invocation() {
 
     assert_eq!(report["outcome"], "completed");
     let gets = app.sim.seen_matching("/v1/exports/");
-    assert_eq!(
-        gets.iter().map(|s| s.status).collect::<Vec<_>>(),
-        vec![429, 200]
-    );
-    assert!(
-        gets[1].at - gets[0].at >= Duration::from_secs(1),
-        "waited for Retry-After"
-    );
+    assert_eq!(gets.iter().map(|s| s.status).collect::<Vec<_>>(), vec![429, 200]);
+    assert!(gets[1].at - gets[0].at >= Duration::from_secs(1), "waited for Retry-After");
 }
 
 #[tokio::test]
@@ -99,38 +77,21 @@ async fn a_long_retry_after_requeues_the_export_for_at_least_that_long() {
 
     let failures = app.deliver(&[&id]).await;
 
-    assert!(
-        failures.is_empty(),
-        "the export is safely back on the queue"
-    );
-    assert_eq!(
-        app.sim.seen_matching("/v1/exports/").len(),
-        1,
-        "no hammering"
-    );
+    assert!(failures.is_empty(), "the export is safely back on the queue");
+    assert_eq!(app.sim.seen_matching("/v1/exports/").len(), 1, "no hammering");
     assert_eq!(app.delayed_count().await, 1);
-    assert_eq!(
-        app.keys().await,
-        vec![app.key(&id, ".in-flight.json")],
-        "no file, only the poll marker"
-    );
+    assert_eq!(app.keys().await, vec![app.key(&id, ".in-flight.json")], "no file, only the poll marker");
 }
 
 #[tokio::test]
 async fn server_errors_are_retried_with_backoff_then_succeed() {
     let app = spawn_app().await;
     let id = app.completed(vec![FileSpec::csv("a.csv.gz", 1, 10)]);
-    app.sim
-        .push_faults(&[ApiFault::ServerError, ApiFault::ServerError]);
+    app.sim.push_faults(&[ApiFault::ServerError, ApiFault::ServerError]);
 
     let report = app.invoke(json!({"export_id": id})).await;
 
     assert_eq!(report["outcome"], "completed");
-    let statuses: Vec<u16> = app
-        .sim
-        .seen_matching("/v1/exports/")
-        .iter()
-        .map(|s| s.status)
-        .collect();
+    let statuses: Vec<u16> = app.sim.seen_matching("/v1/exports/").iter().map(|s| s.status).collect();
     assert_eq!(statuses, vec![500, 500, 200]);
 }

@@ -11,9 +11,7 @@ use crate::helpers::spawn_app;
 async fn a_schedule_checks_each_export_once_and_hands_running_ones_to_the_queue() {
     let app = spawn_app().await;
     let done = app.completed(vec![FileSpec::csv("a.csv.gz", 1, 10)]);
-    let running = app
-        .sim
-        .add_export(ExportSpec::scripted(&[Status::Pending], vec![]));
+    let running = app.sim.add_export(ExportSpec::scripted(&[Status::Pending], vec![]));
     let event = json!({
         "version": "0", "id": "e1", "detail-type": "Scheduled Event", "source": "aws.events",
         "account": "123456789012", "time": "2026-11-30T03:00:00Z", "region": "us-east-1",
@@ -33,11 +31,7 @@ async fn a_schedule_checks_each_export_once_and_hands_running_ones_to_the_queue(
     assert_eq!(outcomes, vec!["completed", "requeued", "error"]);
     assert_eq!(app.file_keys().await, vec![app.key(&done, "a.csv.gz")]);
     assert_eq!(app.delayed_count().await, 1);
-    assert_eq!(
-        app.sim.seen_matching("/v1/exports/").len(),
-        2,
-        "each valid export is checked once"
-    );
+    assert_eq!(app.sim.seen_matching("/v1/exports/").len(), 2, "each valid export is checked once");
 }
 
 #[tokio::test]
@@ -53,15 +47,10 @@ async fn a_direct_invoke_answers_with_the_outcome() {
     let app = spawn_app().await;
     let done = app.completed(vec![FileSpec::csv("a.csv.gz", 1, 10)]);
 
-    let report = app
-        .invoke(json!({"export_id": done, "metadata": {"by": "ops"}}))
-        .await;
+    let report = app.invoke(json!({"export_id": done, "metadata": {"by": "ops"}})).await;
     assert_eq!(report["export_id"], done.as_str());
     assert_eq!(report["outcome"], "completed");
-    assert_eq!(
-        report["files"][0]["key"],
-        app.key(&done, "a.csv.gz").as_str()
-    );
+    assert_eq!(report["files"][0]["key"], app.key(&done, "a.csv.gz").as_str());
 
     let missing = app.invoke(json!({"export_id": "nope"})).await;
     assert_eq!(missing["outcome"], "failed");
@@ -73,10 +62,7 @@ async fn a_direct_invoke_answers_with_the_outcome() {
 
     let err = app
         .relay
-        .handle(
-            json!({"hello": "world"}),
-            export_relay::transfer::Deadline::NONE,
-        )
+        .handle(json!({"hello": "world"}), export_relay::transfer::Deadline::NONE)
         .await
         .unwrap_err();
     assert!(err.to_string().contains("unrecognised event"));

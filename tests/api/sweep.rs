@@ -38,11 +38,7 @@ async fn drain(app: &TestApp) -> Vec<String> {
         if batch.is_empty() {
             return ids;
         }
-        ids.extend(
-            batch
-                .iter()
-                .map(|m| m.body["export_id"].as_str().unwrap().to_string()),
-        );
+        ids.extend(batch.iter().map(|m| m.body["export_id"].as_str().unwrap().to_string()));
     }
 }
 
@@ -62,26 +58,16 @@ async fn a_sweep_over_250_exports_enqueues_exactly_those_that_need_the_relay_onc
     let pending = add(&app, 40, &[Status::Pending], hour, week);
     let processing = add(&app, 20, &[Status::Processing], hour, week);
     let _failed = add(&app, 10, &[Status::Failed], hour, week);
-    let ledger = Ledger::new(
-        app.s3.clone(),
-        app.bucket.clone(),
-        app.config.prefix.clone(),
-    );
+    let ledger = Ledger::new(app.s3.clone(), app.bucket.clone(), app.config.prefix.clone());
     for id in &relayed {
-        let export = parse_export(
-            json!({"data": {"export_id": id, "status": "completed"}})
-                .to_string()
-                .as_bytes(),
-        )
-        .unwrap();
+        let export =
+            parse_export(json!({"data": {"export_id": id, "status": "completed"}}).to_string().as_bytes())
+                .unwrap();
         ledger.commit(Manifest::new(&export, vec![])).await.unwrap();
     }
     let already_polling = &pending[..10];
     for id in already_polling {
-        ledger
-            .mark_in_flight(&ExportId::parse(id).unwrap())
-            .await
-            .unwrap();
+        ledger.mark_in_flight(&ExportId::parse(id).unwrap()).await.unwrap();
     }
 
     let summary = app.invoke(sweep_event()).await;
@@ -95,11 +81,7 @@ async fn a_sweep_over_250_exports_enqueues_exactly_those_that_need_the_relay_onc
         })
     );
     let queued = drain(&app).await;
-    let expected: HashSet<&String> = unrelayed
-        .iter()
-        .chain(&pending[10..])
-        .chain(&processing)
-        .collect();
+    let expected: HashSet<&String> = unrelayed.iter().chain(&pending[10..]).chain(&processing).collect();
     assert_eq!(queued.len(), expected.len(), "each once");
     assert_eq!(queued.iter().collect::<HashSet<_>>(), expected);
     assert!(expired.iter().all(|id| !queued.contains(id)));
@@ -119,11 +101,7 @@ async fn what_a_sweep_enqueues_is_relayed_and_then_left_alone() {
 
     let first = app.invoke(json!({"sweep": true})).await;
     assert_eq!(first["enqueued_for_copy"], 1);
-    let body = app
-        .receive(&app.queue_url, Duration::ZERO)
-        .await
-        .remove(0)
-        .raw;
+    let body = app.receive(&app.queue_url, Duration::ZERO).await.remove(0).raw;
     assert!(app.deliver(&[&body]).await.is_empty());
     assert!(app.manifest(&id).await.is_some());
 
@@ -135,54 +113,25 @@ async fn what_a_sweep_enqueues_is_relayed_and_then_left_alone() {
 #[tokio::test]
 async fn a_sweep_stops_early_when_the_rate_budget_is_spent() {
     let app = spawn_app_with(Setup {
-        sim: SimOptions {
-            reported_remaining: Some(5),
-            ..SimOptions::default()
-        },
+        sim: SimOptions { reported_remaining: Some(5), ..SimOptions::default() },
         ..Default::default()
     })
     .await;
-    let _ = add(
-        &app,
-        150,
-        &[Status::Completed],
-        chrono::Duration::hours(1),
-        chrono::Duration::days(7),
-    );
+    let _ = add(&app, 150, &[Status::Completed], chrono::Duration::hours(1), chrono::Duration::days(7));
 
-    let summary = app
-        .invoke(json!({"sweep": true, "lookback_hours": 24}))
-        .await;
+    let summary = app.invoke(json!({"sweep": true, "lookback_hours": 24})).await;
 
-    assert_eq!(
-        summary["pages_read"], 1,
-        "one page, then the budget says stop"
-    );
+    assert_eq!(summary["pages_read"], 1, "one page, then the budget says stop");
     assert_eq!(summary["stopped_early"], true);
-    assert!(
-        summary["stop_reason"]
-            .as_str()
-            .unwrap()
-            .contains("SWEEP_RESERVE_REQUESTS"),
-        "{summary}"
-    );
-    assert_eq!(
-        summary["enqueued_for_copy"], 100,
-        "the first page's work is done"
-    );
+    assert!(summary["stop_reason"].as_str().unwrap().contains("SWEEP_RESERVE_REQUESTS"), "{summary}");
+    assert_eq!(summary["enqueued_for_copy"], 100, "the first page's work is done");
     assert_eq!(app.sim.seen_matching("/v1/exports").len(), 1);
 }
 
 #[tokio::test]
 async fn max_exports_bounds_a_sweep() {
     let app = spawn_app().await;
-    let _ = add(
-        &app,
-        30,
-        &[Status::Completed],
-        chrono::Duration::hours(1),
-        chrono::Duration::days(7),
-    );
+    let _ = add(&app, 30, &[Status::Completed], chrono::Duration::hours(1), chrono::Duration::days(7));
     let summary = app.invoke(json!({"sweep": true, "max_exports": 12})).await;
     assert_eq!(summary["exports_seen"], 12);
     assert_eq!(summary["enqueued_for_copy"], 12);

@@ -12,19 +12,13 @@ use export_relay::startup;
 use export_relay::transfer::Deadline;
 use serde_json::{Value, json};
 
-use crate::helpers::{
-    Setup, WEBHOOK_SECRET, assert_valid_event, sha256, spawn_app, spawn_app_with,
-};
+use crate::helpers::{Setup, WEBHOOK_SECRET, assert_valid_event, sha256, spawn_app, spawn_app_with};
 
 #[test]
 fn every_documented_example_matches_the_schema_and_a_broken_one_does_not() {
     for kind in ["completed", "failed", "expired", "timed_out"] {
-        let path = format!(
-            "{}/schemas/examples/export.{kind}.json",
-            env!("CARGO_MANIFEST_DIR")
-        );
-        let example: Value =
-            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let path = format!("{}/schemas/examples/export.{kind}.json", env!("CARGO_MANIFEST_DIR"));
+        let example: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         assert_valid_event(&example);
     }
     let mut broken: Value =
@@ -45,11 +39,7 @@ async fn a_redirect_is_not_followed_and_counts_as_a_failure() {
     app.receiver.answer_next(&[302]);
 
     assert_eq!(app.deliver(&[&id]).await, vec!["m0"]);
-    assert_eq!(
-        app.webhooks().len(),
-        1,
-        "one request, no redirect followed, no retry"
-    );
+    assert_eq!(app.webhooks().len(), 1, "one request, no redirect followed, no retry");
 }
 
 #[tokio::test]
@@ -73,39 +63,25 @@ async fn a_429_is_retried_after_its_retry_after() {
     assert!(app.deliver(&[&id]).await.is_empty());
 
     let hooks = app.webhooks();
-    assert_eq!(
-        hooks.iter().map(|h| h.answered).collect::<Vec<_>>(),
-        vec![429, 200]
-    );
-    assert!(
-        started.elapsed() >= Duration::from_secs(1),
-        "waited for Retry-After: 1"
-    );
+    assert_eq!(hooks.iter().map(|h| h.answered).collect::<Vec<_>>(), vec![429, 200]);
+    assert!(started.elapsed() >= Duration::from_secs(1), "waited for Retry-After: 1");
     assert_ne!(hooks[0].timestamp, "", "each try is signed afresh");
     assert_eq!(hooks[0].webhook_id, hooks[1].webhook_id);
 }
 
 #[tokio::test]
 async fn a_stalled_endpoint_times_out_and_the_record_is_retried() {
-    let app = spawn_app_with(Setup {
-        env: vec![("WEBHOOK_TIMEOUT_SECONDS", "1".into())],
-        ..Default::default()
-    })
-    .await;
+    let app =
+        spawn_app_with(Setup { env: vec![("WEBHOOK_TIMEOUT_SECONDS", "1".into())], ..Default::default() })
+            .await;
     let id = app.completed(vec![FileSpec::csv("a.csv.gz", 1, 10)]);
-    app.receiver
-        .script(&[Answer::Stall, Answer::Stall, Answer::Stall]);
+    app.receiver.script(&[Answer::Stall, Answer::Stall, Answer::Stall]);
 
-    let failures = tokio::time::timeout(Duration::from_secs(30), app.deliver(&[&id]))
-        .await
-        .expect("does not hang");
+    let failures =
+        tokio::time::timeout(Duration::from_secs(30), app.deliver(&[&id])).await.expect("does not hang");
 
     assert_eq!(failures, vec!["m0"]);
-    assert_eq!(
-        app.webhooks().len(),
-        3,
-        "timeouts get the quick retries too"
-    );
+    assert_eq!(app.webhooks().len(), 3, "timeouts get the quick retries too");
 }
 
 #[tokio::test]
@@ -114,36 +90,22 @@ async fn a_huge_answer_is_not_read_in_full() {
     let id = app.completed(vec![FileSpec::csv("a.csv.gz", 1, 10)]);
     app.receiver.script(&[Answer::Huge(64 * 1024 * 1024)]);
 
-    assert!(
-        app.deliver(&[&id]).await.is_empty(),
-        "a 2xx is success, whatever its body"
-    );
+    assert!(app.deliver(&[&id]).await.is_empty(), "a 2xx is success, whatever its body");
 }
 
 #[tokio::test]
 async fn with_two_secrets_a_consumer_holding_either_can_verify() {
-    let new_secret = format!(
-        "whsec_{}",
-        base64::engine::general_purpose::STANDARD.encode([42u8; 32])
-    );
+    let new_secret = format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode([42u8; 32]));
     // The receiver holds WEBHOOK_SECRET; the relay signs with a new one and the old one.
     let both = format!("{new_secret} {WEBHOOK_SECRET}");
-    let app = spawn_app_with(Setup {
-        env: vec![("WEBHOOK_SECRET", both)],
-        ..Default::default()
-    })
-    .await;
+    let app = spawn_app_with(Setup { env: vec![("WEBHOOK_SECRET", both)], ..Default::default() }).await;
     let id = app.completed(vec![FileSpec::csv("a.csv.gz", 1, 10)]);
 
     assert!(app.deliver(&[&id]).await.is_empty());
 
     let hook = &app.webhooks()[0];
     assert!(hook.verified, "the old secret still verifies");
-    assert_eq!(
-        hook.signature.split(' ').count(),
-        2,
-        "one signature per secret"
-    );
+    assert_eq!(hook.signature.split(' ').count(), 2, "one signature per secret");
 }
 
 #[tokio::test]
@@ -153,22 +115,10 @@ async fn secrets_can_come_from_secrets_manager() {
     let secrets = aws_sdk_secretsmanager::Client::new(&aws);
     let name = format!("{}-secrets", app.bucket);
     let create = |suffix: &str, value: &str| {
-        secrets
-            .create_secret()
-            .name(format!("{name}-{suffix}"))
-            .secret_string(value)
-            .send()
+        secrets.create_secret().name(format!("{name}-{suffix}")).secret_string(value).send()
     };
-    let key_arn = create("api-key", app.sim.api_key())
-        .await
-        .unwrap()
-        .arn
-        .unwrap();
-    let hook_arn = create("webhook", WEBHOOK_SECRET)
-        .await
-        .unwrap()
-        .arn
-        .unwrap();
+    let key_arn = create("api-key", app.sim.api_key()).await.unwrap().arn.unwrap();
+    let hook_arn = create("webhook", WEBHOOK_SECRET).await.unwrap().arn.unwrap();
     let mut env: Vec<(String, String)> = app
         .env
         .iter()
@@ -181,43 +131,24 @@ async fn secrets_can_come_from_secrets_manager() {
         move |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
     };
 
-    let config = startup::load_config_with(lookup(env.clone()), &aws)
-        .await
-        .unwrap();
+    let config = startup::load_config_with(lookup(env.clone()), &aws).await.unwrap();
     let relay = startup::build_relay(&config, &aws).unwrap();
     let id = app.completed(vec![FileSpec::csv("a.csv.gz", 1, 10)]);
-    let report = relay
-        .handle(json!({"export_id": id}), Deadline::NONE)
-        .await
-        .unwrap();
+    let report = relay.handle(json!({"export_id": id}), Deadline::NONE).await.unwrap();
 
-    assert_eq!(
-        report["outcome"], "completed",
-        "the API accepted the key from Secrets Manager"
-    );
-    assert!(
-        app.webhooks()[0].verified,
-        "signed with the secret from Secrets Manager"
-    );
+    assert_eq!(report["outcome"], "completed", "the API accepted the key from Secrets Manager");
+    assert!(app.webhooks()[0].verified, "signed with the secret from Secrets Manager");
 
     env.push(("WEBHOOK_SECRET".into(), WEBHOOK_SECRET.into()));
-    let err = startup::load_config_with(lookup(env), &aws)
-        .await
-        .unwrap_err();
-    assert!(
-        err.to_string()
-            .contains("WEBHOOK_SECRET_ARN and WEBHOOK_SECRET are both set"),
-        "{err}"
-    );
+    let err = startup::load_config_with(lookup(env), &aws).await.unwrap_err();
+    assert!(err.to_string().contains("WEBHOOK_SECRET_ARN and WEBHOOK_SECRET are both set"), "{err}");
 }
 
 #[tokio::test]
 async fn presigned_links_let_a_consumer_without_aws_access_fetch_the_files() {
-    let app = spawn_app_with(Setup {
-        env: vec![("PRESIGN_TTL_SECONDS", "3600".into())],
-        ..Default::default()
-    })
-    .await;
+    let app =
+        spawn_app_with(Setup { env: vec![("PRESIGN_TTL_SECONDS", "3600".into())], ..Default::default() })
+            .await;
     let id = app.completed(vec![FileSpec::csv("a.csv.gz", 1, 500)]);
 
     assert!(app.deliver(&[&id]).await.is_empty());
@@ -245,10 +176,7 @@ async fn a_captured_webhook_verifies_with_the_python_standardwebhooks_library() 
         python_verify(&request)
     };
 
-    assert_eq!(
-        check(&hook.raw),
-        (true, "verified export.completed".to_string())
-    );
+    assert_eq!(check(&hook.raw), (true, "verified export.completed".to_string()));
     let tampered = hook.raw.replace("a.csv.gz", "b.csv.gz");
     assert!(!check(&tampered).0, "a changed body fails");
 }
@@ -256,23 +184,14 @@ async fn a_captured_webhook_verifies_with_the_python_standardwebhooks_library() 
 /// Runs `tests/consumer/verify_webhook.py` with the virtualenv's Python.
 fn python_verify(request: &Value) -> (bool, String) {
     let root = env!("CARGO_MANIFEST_DIR");
-    let python =
-        std::env::var("CONSUMER_PYTHON").unwrap_or_else(|_| format!("{root}/.venv/bin/python3"));
+    let python = std::env::var("CONSUMER_PYTHON").unwrap_or_else(|_| format!("{root}/.venv/bin/python3"));
     let mut child = Command::new(&python)
         .arg(format!("{root}/tests/consumer/verify_webhook.py"))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("{python} runs ({e}); `make venv` installs standardwebhooks"));
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(request.to_string().as_bytes())
-        .unwrap();
+    child.stdin.take().unwrap().write_all(request.to_string().as_bytes()).unwrap();
     let output = child.wait_with_output().unwrap();
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).trim().to_string(),
-    )
+    (output.status.success(), String::from_utf8_lossy(&output.stdout).trim().to_string())
 }

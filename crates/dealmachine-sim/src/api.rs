@@ -69,11 +69,7 @@ pub enum ApiFault {
     /// A `500` in DealMachine's error shape.
     ServerError,
     /// Exactly this answer: for broken or hostile API responses.
-    Raw {
-        status: u16,
-        content_type: &'static str,
-        body: String,
-    },
+    Raw { status: u16, content_type: &'static str, body: String },
 }
 
 #[derive(Debug, Clone)]
@@ -85,15 +81,7 @@ pub struct FileSpec {
 
 impl FileSpec {
     pub fn csv(filename: &str, seed: u64, rows: u64) -> Self {
-        Self {
-            filename: filename.into(),
-            content: CsvGz {
-                seed,
-                rows,
-                level: 1,
-            },
-            fault: None,
-        }
+        Self { filename: filename.into(), content: CsvGz { seed, rows, level: 1 }, fault: None }
     }
 }
 
@@ -103,15 +91,9 @@ pub enum Lifecycle {
     /// Each `GET` takes the next status; the last one stays.
     Scripted(VecDeque<Status>),
     /// Pending, then processing, then completed, by the clock.
-    Timed {
-        pending: Duration,
-        processing: Duration,
-    },
+    Timed { pending: Duration, processing: Duration },
     /// Timed, then failed instead of completed.
-    TimedFailure {
-        pending: Duration,
-        processing: Duration,
-    },
+    TimedFailure { pending: Duration, processing: Duration },
 }
 
 #[derive(Debug, Clone)]
@@ -173,19 +155,12 @@ impl SimExport {
                     script.front().copied().unwrap_or(Status::Completed)
                 }
             }
-            Lifecycle::Timed {
-                pending,
-                processing,
-            } => timed(
-                now - self.created_at,
-                *pending,
-                *processing,
-                Status::Completed,
-            ),
-            Lifecycle::TimedFailure {
-                pending,
-                processing,
-            } => timed(now - self.created_at, *pending, *processing, Status::Failed),
+            Lifecycle::Timed { pending, processing } => {
+                timed(now - self.created_at, *pending, *processing, Status::Completed)
+            }
+            Lifecycle::TimedFailure { pending, processing } => {
+                timed(now - self.created_at, *pending, *processing, Status::Failed)
+            }
         };
         if before != self.current {
             self.updated_at = now;
@@ -200,29 +175,12 @@ impl SimExport {
             (Status::Pending, _) => (0, "Queued"),
             (
                 Status::Processing,
-                Lifecycle::Timed {
-                    pending,
-                    processing,
-                }
-                | Lifecycle::TimedFailure {
-                    pending,
-                    processing,
-                },
+                Lifecycle::Timed { pending, processing } | Lifecycle::TimedFailure { pending, processing },
             ) => {
-                let into = (now - self.created_at)
-                    .to_std()
-                    .unwrap_or_default()
-                    .saturating_sub(*pending);
-                let pct = (into.as_secs_f64() / processing.as_secs_f64().max(0.001) * 100.0)
-                    .clamp(1.0, 99.0) as u32;
-                (
-                    pct,
-                    if pct < 50 {
-                        "Gathering records"
-                    } else {
-                        "Writing files"
-                    },
-                )
+                let into = (now - self.created_at).to_std().unwrap_or_default().saturating_sub(*pending);
+                let pct = (into.as_secs_f64() / processing.as_secs_f64().max(0.001) * 100.0).clamp(1.0, 99.0)
+                    as u32;
+                (pct, if pct < 50 { "Gathering records" } else { "Writing files" })
             }
             (Status::Processing, _) => (50, "Gathering records"),
             (Status::Completed, _) => (100, "Complete"),
@@ -364,11 +322,7 @@ impl Simulator {
         let addr = listener.local_addr()?;
         let shared = Shared {
             inner: Arc::default(),
-            base: format!(
-                "http://{}:{}",
-                options.public_host.as_deref().unwrap_or("127.0.0.1"),
-                addr.port()
-            ),
+            base: format!("http://{}:{}", options.public_host.as_deref().unwrap_or("127.0.0.1"), addr.port()),
             options: Arc::new(options),
         };
         let app = Router::new()
@@ -395,18 +349,9 @@ impl Simulator {
     pub fn add_export(&self, spec: ExportSpec) -> String {
         let mut inner = self.shared.inner.lock().unwrap();
         inner.counter += 1;
-        let id = spec
-            .export_id
-            .clone()
-            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-        let files = spec
-            .files
-            .iter()
-            .map(|f| SimFile {
-                spec: f.clone(),
-                measured: f.content.measure(),
-            })
-            .collect();
+        let id = spec.export_id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        let files =
+            spec.files.iter().map(|f| SimFile { spec: f.clone(), measured: f.content.measure() }).collect();
         let created_at = spec.created_at.unwrap_or_else(Utc::now);
         let first = match &spec.lifecycle {
             Lifecycle::Scripted(s) => s.front().copied().unwrap_or(Status::Completed),
@@ -431,11 +376,7 @@ impl Simulator {
     /// Size and SHA-256 of each of an export's files, in order.
     pub fn files(&self, export_id: &str) -> Vec<(String, Measured)> {
         let inner = self.shared.inner.lock().unwrap();
-        inner.exports[export_id]
-            .files
-            .iter()
-            .map(|f| (f.spec.filename.clone(), f.measured.clone()))
-            .collect()
+        inner.exports[export_id].files.iter().map(|f| (f.spec.filename.clone(), f.measured.clone())).collect()
     }
 
     /// The statuses `GET /exports/{id}` has served for an export, in order, with when.
@@ -452,12 +393,7 @@ impl Simulator {
 
     /// Queues API answers to give before the real ones.
     pub fn push_faults(&self, faults: &[ApiFault]) {
-        self.shared
-            .inner
-            .lock()
-            .unwrap()
-            .faults
-            .extend(faults.iter().cloned());
+        self.shared.inner.lock().unwrap().faults.extend(faults.iter().cloned());
     }
 
     /// Every request seen so far.
@@ -467,31 +403,19 @@ impl Simulator {
 
     /// Requests seen whose path contains `needle`.
     pub fn seen_matching(&self, needle: &str) -> Vec<Seen> {
-        self.seen()
-            .into_iter()
-            .filter(|s| s.path.contains(needle))
-            .collect()
+        self.seen().into_iter().filter(|s| s.path.contains(needle)).collect()
     }
 }
 
 impl Shared {
     fn record(&self, method: &str, path: String, status: StatusCode) {
-        let seen = Seen {
-            at: std::time::Instant::now(),
-            method: method.into(),
-            path,
-            status: status.as_u16(),
-        };
+        let seen =
+            Seen { at: std::time::Instant::now(), method: method.into(), path, status: status.as_u16() };
         self.inner.lock().unwrap().seen.push(seen);
     }
 
     /// Checks the key, the rate limit and queued faults; `Err` is the answer to give instead.
-    fn gate(
-        &self,
-        headers: &HeaderMap,
-        path: &str,
-        method: &str,
-    ) -> Result<HeaderMap, Box<Response>> {
+    fn gate(&self, headers: &HeaderMap, path: &str, method: &str) -> Result<HeaderMap, Box<Response>> {
         let mut inner = self.inner.lock().unwrap();
         let now = Utc::now().timestamp();
         let minute = now / 60;
@@ -501,10 +425,7 @@ impl Shared {
         inner.window.1 += 1;
         let used = inner.window.1;
         let limit = self.options.per_minute_limit.unwrap_or(60);
-        let remaining = self
-            .options
-            .reported_remaining
-            .unwrap_or(limit.saturating_sub(used));
+        let remaining = self.options.reported_remaining.unwrap_or(limit.saturating_sub(used));
         let reset = (minute + 1) * 60;
         let mut rate = HeaderMap::new();
         for (name, value) in [
@@ -512,14 +433,8 @@ impl Shared {
             ("x-ratelimit-remaining", remaining.to_string()),
             ("x-ratelimit-reset", reset.to_string()),
             ("x-ratelimit-limit-day", "5000".to_string()),
-            (
-                "x-ratelimit-remaining-day",
-                5000u64.saturating_sub(inner.seen.len() as u64).to_string(),
-            ),
-            (
-                "x-ratelimit-reset-day",
-                ((now / 86_400 + 1) * 86_400).to_string(),
-            ),
+            ("x-ratelimit-remaining-day", 5000u64.saturating_sub(inner.seen.len() as u64).to_string()),
+            ("x-ratelimit-reset-day", ((now / 86_400 + 1) * 86_400).to_string()),
         ] {
             rate.insert(name, HeaderValue::from_str(&value).expect("ascii"));
         }
@@ -527,17 +442,8 @@ impl Shared {
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v == format!("Bearer {}", self.options.api_key));
-        let fault = if authorized {
-            inner.faults.pop_front()
-        } else {
-            None
-        };
-        if let Some(ApiFault::Raw {
-            status,
-            content_type,
-            body,
-        }) = fault
-        {
+        let fault = if authorized { inner.faults.pop_front() } else { None };
+        if let Some(ApiFault::Raw { status, content_type, body }) = fault {
             drop(inner);
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
             self.record(method, path.into(), status);
@@ -545,26 +451,15 @@ impl Shared {
             return Err(Box::new(response));
         }
         let refusal = if !authorized {
-            Some((
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "Invalid or missing API key".to_string(),
-                None,
-            ))
+            Some((StatusCode::UNAUTHORIZED, "unauthorized", "Invalid or missing API key".to_string(), None))
         } else if let Some(fault) = fault {
             Some(match fault {
-                ApiFault::RateLimited(after) => (
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "rate_limited",
-                    "Too many requests".into(),
-                    Some(after),
-                ),
-                ApiFault::ServerError | ApiFault::Raw { .. } => (
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal_error",
-                    "Something went wrong".into(),
-                    None,
-                ),
+                ApiFault::RateLimited(after) => {
+                    (StatusCode::TOO_MANY_REQUESTS, "rate_limited", "Too many requests".into(), Some(after))
+                }
+                ApiFault::ServerError | ApiFault::Raw { .. } => {
+                    (StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "Something went wrong".into(), None)
+                }
             })
         } else if self.options.per_minute_limit.is_some_and(|l| used > l) {
             Some((
@@ -576,12 +471,7 @@ impl Shared {
         } else if self.options.error_rate > 0.0
             && (inner.seen.len() as f64 * 0.618_034).fract() < self.options.error_rate
         {
-            Some((
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal_error",
-                "Something went wrong".into(),
-                None,
-            ))
+            Some((StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "Something went wrong".into(), None))
         } else {
             None
         };
@@ -593,9 +483,7 @@ impl Shared {
                 let mut response = error(status, code, &message);
                 response.headers_mut().extend(rate);
                 if let Some(after) = retry_after {
-                    response
-                        .headers_mut()
-                        .insert(header::RETRY_AFTER, HeaderValue::from(after));
+                    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(after));
                 }
                 Err(Box::new(response))
             }
@@ -605,14 +493,14 @@ impl Shared {
 
 fn error(status: StatusCode, code: &str, message: &str) -> Response {
     let request_id = format!("req_{}", uuid::Uuid::new_v4().simple());
-    (status, Json(json!({"error": {"code": code, "message": message, "request_id": request_id, "details": {}}}))).into_response()
+    (
+        status,
+        Json(json!({"error": {"code": code, "message": message, "request_id": request_id, "details": {}}})),
+    )
+        .into_response()
 }
 
-async fn get_export(
-    State(shared): State<Shared>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-) -> Response {
+async fn get_export(State(shared): State<Shared>, Path(id): Path<String>, headers: HeaderMap) -> Response {
     let path = format!("/v1/exports/{id}");
     let rate = match shared.gate(&headers, &path, "GET") {
         Ok(rate) => rate,
@@ -657,11 +545,7 @@ async fn list_exports(
     };
     let limit = q.limit.unwrap_or(20);
     if !(1..=100).contains(&limit) {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "invalid_parameter",
-            "limit must be between 1 and 100",
-        );
+        return error(StatusCode::BAD_REQUEST, "invalid_parameter", "limit must be between 1 and 100");
     }
     let offset = q.offset.unwrap_or(0);
     let now = Utc::now();
@@ -673,48 +557,29 @@ async fn list_exports(
         let mut matching = Vec::new();
         for id in ids {
             let export = inner.exports.get_mut(&id).expect("listed exports exist");
-            if let Lifecycle::Timed { .. } | Lifecycle::TimedFailure { .. } = export.spec.lifecycle
-            {
+            if let Lifecycle::Timed { .. } | Lifecycle::TimedFailure { .. } = export.spec.lifecycle {
                 export.advance(now);
             }
-            if q.status
-                .as_deref()
-                .is_none_or(|s| s == export.current.as_str())
-            {
+            if q.status.as_deref().is_none_or(|s| s == export.current.as_str()) {
                 matching.push(export.to_json(&shared.base, &shared.options.api_key, now));
             }
         }
         let total = matching.len();
-        (
-            matching
-                .into_iter()
-                .skip(offset)
-                .take(limit)
-                .collect::<Vec<_>>(),
-            total,
-        )
+        (matching.into_iter().skip(offset).take(limit).collect::<Vec<_>>(), total)
     };
     shared.record("GET", path, StatusCode::OK);
     let has_more = offset + page.len() < total;
     (rate, Json(json!({"data": page, "pagination": {"limit": limit, "offset": offset, "total": total, "has_more": has_more}}))).into_response()
 }
 
-async fn create_export(
-    State(shared): State<Shared>,
-    headers: HeaderMap,
-    uri: axum::http::Uri,
-) -> Response {
+async fn create_export(State(shared): State<Shared>, headers: HeaderMap, uri: axum::http::Uri) -> Response {
     let path = uri.path().to_string();
     let rate = match shared.gate(&headers, &path, "POST") {
         Ok(rate) => rate,
         Err(refusal) => return *refusal,
     };
     let options = &shared.options;
-    let name = if path.contains("people") {
-        "people_export"
-    } else {
-        "properties_export"
-    };
+    let name = if path.contains("people") { "people_export" } else { "properties_export" };
     let seed = shared.inner.lock().unwrap().counter + 1;
     let date = Utc::now().format("%Y-%m-%d");
     let files = (0..options.files_per_export)
@@ -728,20 +593,13 @@ async fn create_export(
         .collect();
     let spec = ExportSpec {
         name: name.into(),
-        lifecycle: Lifecycle::Timed {
-            pending: options.pending_for,
-            processing: options.processing_for,
-        },
+        lifecycle: Lifecycle::Timed { pending: options.pending_for, processing: options.processing_for },
         ..ExportSpec::completed(files)
     };
-    let sim = Simulator {
-        shared: shared.clone(),
-        addr: "0.0.0.0:0".parse().expect("addr"),
-    };
+    let sim = Simulator { shared: shared.clone(), addr: "0.0.0.0:0".parse().expect("addr") };
     let id = sim.add_export(spec);
     let now = Utc::now();
-    let data =
-        shared.inner.lock().unwrap().exports[&id].to_json(&shared.base, &options.api_key, now);
+    let data = shared.inner.lock().unwrap().exports[&id].to_json(&shared.base, &options.api_key, now);
     shared.record("POST", path, StatusCode::CREATED);
     (StatusCode::CREATED, rate, Json(json!({ "data": data }))).into_response()
 }
@@ -767,11 +625,7 @@ async fn download(
     };
     let file = {
         let inner = shared.inner.lock().unwrap();
-        inner
-            .exports
-            .get(&id)
-            .and_then(|e| e.files.get(index))
-            .map(|f| (f.spec.clone(), f.measured.clone()))
+        inner.exports.get(&id).and_then(|e| e.files.get(index)).map(|f| (f.spec.clone(), f.measured.clone()))
     };
     let response = match file {
         _ if !valid => (StatusCode::FORBIDDEN, "<Error><Code>AccessDenied</Code><Message>Request has expired or the signature does not match.</Message></Error>").into_response(),
@@ -786,9 +640,7 @@ fn serve_file(spec: FileSpec, measured: Measured) -> Response {
     let fault = spec.fault;
     match fault {
         Some(DownloadFault::Status(code)) => {
-            return StatusCode::from_u16(code)
-                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
-                .into_response();
+            return StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR).into_response();
         }
         Some(DownloadFault::Redirect(to)) => {
             return (StatusCode::FOUND, [(header::LOCATION, to)]).into_response();
@@ -832,10 +684,7 @@ fn serve_file(spec: FileSpec, measured: Measured) -> Response {
     });
     let mut response = Body::from_stream(stream).into_response();
     let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/gzip"),
-    );
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/gzip"));
     // A host sending extra bytes is one that does not announce a length, as with chunked encoding.
     if !matches!(fault, Some(DownloadFault::ExtraBytes(_))) {
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from(measured.size));

@@ -13,15 +13,8 @@ const ROWS_PER_CHUNK: u64 = 512;
 pub const HEADER: &str = "property_id,address,city,state,zip,county,owner_name,owner_type,property_type,\
 bedrooms,bathrooms,sqft,year_built,estimated_value,equity_percent,last_sale_date,last_sale_price,notes\n";
 
-const STREETS: &[&str] = &[
-    "Maple St",
-    "Oak Ave",
-    "Pine Rd",
-    "Cedar Ln",
-    "Elm Dr",
-    "Lakeview Blvd",
-    "Sunset Way",
-];
+const STREETS: &[&str] =
+    &["Maple St", "Oak Ave", "Pine Rd", "Cedar Ln", "Elm Dr", "Lakeview Blvd", "Sunset Way"];
 const CITIES: &[(&str, &str, &str, &str)] = &[
     ("Austin", "TX", "787", "Travis"),
     ("Columbus", "OH", "432", "Franklin"),
@@ -29,17 +22,9 @@ const CITIES: &[(&str, &str, &str, &str)] = &[
     ("Tampa", "FL", "336", "Hillsborough"),
     ("Charlotte", "NC", "282", "Mecklenburg"),
 ];
-const SURNAMES: &[&str] = &[
-    "Smith", "Garcia", "Johnson", "Nguyen", "Williams", "Brown", "Martinez",
-];
+const SURNAMES: &[&str] = &["Smith", "Garcia", "Johnson", "Nguyen", "Williams", "Brown", "Martinez"];
 const GIVEN: &[&str] = &["John", "Maria", "Wei", "Aisha", "Robert", "Linda", "Carlos"];
-const TYPES: &[&str] = &[
-    "Single Family",
-    "Condo",
-    "Townhouse",
-    "Multi Family",
-    "Vacant Land",
-];
+const TYPES: &[&str] = &["Single Family", "Condo", "Townhouse", "Multi Family", "Vacant Land"];
 
 /// One CSV file, described by what generates it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,10 +60,7 @@ impl CsvGz {
             size += chunk.len() as u64;
             hash.update(&chunk);
         }
-        Measured {
-            size,
-            sha256: format!("{:x}", hash.finalize()),
-        }
+        Measured { size, sha256: format!("{:x}", hash.finalize()) }
     }
 }
 
@@ -97,9 +79,7 @@ impl Iterator for Chunks {
         loop {
             let encoder = self.encoder.as_mut()?;
             if !self.header_done {
-                encoder
-                    .write_all(HEADER.as_bytes())
-                    .expect("writing to memory");
+                encoder.write_all(HEADER.as_bytes()).expect("writing to memory");
                 self.header_done = true;
             }
             let end = (self.next_row + ROWS_PER_CHUNK).min(self.spec.rows);
@@ -108,15 +88,9 @@ impl Iterator for Chunks {
                 push_row(&mut text, self.spec.seed, row);
             }
             self.next_row = end;
-            encoder
-                .write_all(text.as_bytes())
-                .expect("writing to memory");
+            encoder.write_all(text.as_bytes()).expect("writing to memory");
             let out = if end == self.spec.rows {
-                self.encoder
-                    .take()
-                    .expect("present")
-                    .finish()
-                    .expect("writing to memory")
+                self.encoder.take().expect("present").finish().expect("writing to memory")
             } else {
                 std::mem::take(encoder.get_mut())
             };
@@ -129,8 +103,7 @@ impl Iterator for Chunks {
 
 fn mix(seed: u64, row: u64, salt: u64) -> u64 {
     // splitmix64: cheap, and the same on every machine.
-    let mut z =
-        seed ^ row.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ salt.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    let mut z = seed ^ row.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ salt.wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
@@ -145,11 +118,7 @@ fn push_row(out: &mut String, seed: u64, row: u64) {
     let owner = if owner_is_company {
         format!("\"{} Holdings, LLC\"", SURNAMES[r(4, 7) as usize])
     } else {
-        format!(
-            "\"{}, {}\"",
-            SURNAMES[r(4, 7) as usize],
-            GIVEN[r(5, 7) as usize]
-        )
+        format!("\"{}, {}\"", SURNAMES[r(4, 7) as usize], GIVEN[r(5, 7) as usize])
     };
     // Now and then a note with a quoted line break, as real CRM exports have.
     let notes = match r(6, 50) {
@@ -163,11 +132,7 @@ fn push_row(out: &mut String, seed: u64, row: u64) {
         100 + r(7, 9800),
         STREETS[r(8, STREETS.len() as u64) as usize],
         r(9, 100),
-        if owner_is_company {
-            "Company"
-        } else {
-            "Individual"
-        },
+        if owner_is_company { "Company" } else { "Individual" },
         TYPES[r(10, TYPES.len() as u64) as usize],
         1 + r(11, 5),
         1 + r(12, 3),
@@ -190,32 +155,19 @@ mod tests {
 
     #[test]
     fn files_are_valid_gzip_csv_and_the_same_every_time() {
-        let spec = CsvGz {
-            seed: 7,
-            rows: 2000,
-            level: 6,
-        };
+        let spec = CsvGz { seed: 7, rows: 2000, level: 6 };
         let bytes: Vec<u8> = spec.chunks().flat_map(|c| c.to_vec()).collect();
         assert_eq!(spec.measure().size, bytes.len() as u64);
         assert_eq!(spec.measure(), spec.measure());
         let mut text = String::new();
-        GzDecoder::new(&bytes[..])
-            .read_to_string(&mut text)
-            .unwrap();
+        GzDecoder::new(&bytes[..]).read_to_string(&mut text).unwrap();
         assert!(text.starts_with("property_id,"));
-        assert!(
-            text.lines().count() > 2000,
-            "quoted line breaks add physical lines"
-        );
+        assert!(text.lines().count() > 2000, "quoted line breaks add physical lines");
     }
 
     #[test]
     fn an_empty_file_still_has_its_header() {
-        let spec = CsvGz {
-            seed: 1,
-            rows: 0,
-            level: 0,
-        };
+        let spec = CsvGz { seed: 1, rows: 0, level: 0 };
         assert!(spec.measure().size > HEADER.len() as u64);
     }
 }

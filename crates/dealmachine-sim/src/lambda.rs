@@ -35,10 +35,8 @@ impl LocalLambda {
         stdout: Stdio,
         stderr: Stdio,
     ) -> Result<Self, String> {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map_err(|e| e.to_string())?
-            .port();
+        let port =
+            TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| e.to_string())?.port();
         let cargo_lambda = std::env::var("CARGO_LAMBDA").unwrap_or_else(|_| "cargo-lambda".into());
         let emulator = Command::new(&cargo_lambda)
             .args([
@@ -55,17 +53,12 @@ impl LocalLambda {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .map_err(|e| {
-                format!("cannot run {cargo_lambda} ({e}); `make venv` installs cargo-lambda")
-            })?;
+            .map_err(|e| format!("cannot run {cargo_lambda} ({e}); `make venv` installs cargo-lambda"))?;
         let emulator = Running(emulator);
         wait_for_port(port).await?;
         let function = Command::new(binary)
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-            .env(
-                "AWS_LAMBDA_RUNTIME_API",
-                format!("http://127.0.0.1:{port}/.rt"),
-            )
+            .env("AWS_LAMBDA_RUNTIME_API", format!("http://127.0.0.1:{port}/.rt"))
             .env("AWS_LAMBDA_FUNCTION_NAME", "_")
             .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
             .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "512")
@@ -74,19 +67,12 @@ impl LocalLambda {
             .stderr(stderr)
             .spawn()
             .map_err(|e| format!("cannot start {} ({e}); build it first", binary.display()))?;
-        Ok(Self {
-            _emulator: emulator,
-            function: Running(function),
-            port,
-        })
+        Ok(Self { _emulator: emulator, function: Running(function), port })
     }
 
     /// Invokes the function with `event` and returns its response.
     pub async fn invoke(&self, event: &Value) -> Result<Value, String> {
-        let url = format!(
-            "http://127.0.0.1:{}/2015-03-31/functions/_/invocations",
-            self.port
-        );
+        let url = format!("http://127.0.0.1:{}/2015-03-31/functions/_/invocations", self.port);
         let response = reqwest::Client::new()
             .post(url)
             .json(event)
@@ -94,10 +80,7 @@ impl LocalLambda {
             .send()
             .await
             .map_err(|e| format!("the Runtime API emulator did not answer: {e}"))?;
-        response
-            .json()
-            .await
-            .map_err(|e| format!("the function's response is not JSON: {e}"))
+        response.json().await.map_err(|e| format!("the function's response is not JSON: {e}"))
     }
 
     /// The function's exit status, if it has exited.
@@ -118,14 +101,9 @@ impl LocalLambda {
 
 async fn wait_for_port(port: u16) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(30);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
+    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
         if Instant::now() > deadline {
-            return Err(format!(
-                "the Runtime API emulator did not listen on port {port}"
-            ));
+            return Err(format!("the Runtime API emulator did not listen on port {port}"));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -7,9 +7,7 @@ pub mod content;
 pub mod lambda;
 pub mod receiver;
 
-pub use api::{
-    ApiFault, DownloadFault, ExportSpec, FileSpec, Lifecycle, SimOptions, Simulator, Status,
-};
+pub use api::{ApiFault, DownloadFault, ExportSpec, FileSpec, Lifecycle, SimOptions, Simulator, Status};
 pub use content::CsvGz;
 pub use lambda::LocalLambda;
 pub use receiver::{Answer, Received, Receiver};

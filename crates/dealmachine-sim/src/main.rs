@@ -32,8 +32,7 @@ async fn run() -> Result<(), String> {
     let get = |name: &str| flags.get(name).map(String::as_str);
     let number = |name: &str, default: u64| -> Result<u64, String> {
         get(name).map_or(Ok(default), |v| {
-            v.parse()
-                .map_err(|_| format!("--{name} takes a whole number, got {v:?}"))
+            v.parse().map_err(|_| format!("--{name} takes a whole number, got {v:?}"))
         })
     };
     let defaults = SimOptions::default();
@@ -59,23 +58,13 @@ async fn run() -> Result<(), String> {
         ..defaults
     };
     let address = |port: u64| -> SocketAddr { SocketAddr::from(([127, 0, 0, 1], port as u16)) };
-    let sim = Simulator::start(options, address(number("port", 8900)?))
-        .await
-        .map_err(|e| e.to_string())?;
-    println!(
-        "DealMachine API   {}  (key: {})",
-        sim.api_url(),
-        sim.api_key()
-    );
+    let sim = Simulator::start(options, address(number("port", 8900)?)).await.map_err(|e| e.to_string())?;
+    println!("DealMachine API   {}  (key: {})", sim.api_url(), sim.api_key());
     if let Some(secret) = get("webhook-secret") {
         let receiver = Receiver::start(secret, address(number("receiver-port", 8901)?), false)
             .await
             .map_err(|e| e.to_string())?;
-        println!(
-            "webhook receiver  {}  (received: http://{}/received)",
-            receiver.url(),
-            receiver.addr
-        );
+        println!("webhook receiver  {}  (received: http://{}/received)", receiver.url(), receiver.addr);
     }
     tokio::signal::ctrl_c().await.map_err(|e| e.to_string())
 }
@@ -84,10 +73,7 @@ fn flags() -> Result<HashMap<String, String>, String> {
     let mut flags = HashMap::new();
     let mut args = std::env::args().skip(1);
     while let Some(name) = args.next() {
-        let name = name
-            .strip_prefix("--")
-            .ok_or(format!("unexpected argument {name:?}"))?
-            .to_string();
+        let name = name.strip_prefix("--").ok_or(format!("unexpected argument {name:?}"))?.to_string();
         let value = args.next().ok_or(format!("--{name} needs a value"))?;
         flags.insert(name, value);
     }

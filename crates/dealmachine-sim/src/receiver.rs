@@ -62,12 +62,8 @@ impl Receiver {
         let verifier = standardwebhooks::Webhook::new(secret)
             .map_err(|e| std::io::Error::other(format!("bad secret: {e:?}")))?;
         let listener = tokio::net::TcpListener::bind(addr).await?;
-        let receiver = Self {
-            inner: Arc::default(),
-            verifier: Arc::new(verifier),
-            quiet,
-            addr: listener.local_addr()?,
-        };
+        let receiver =
+            Self { inner: Arc::default(), verifier: Arc::new(verifier), quiet, addr: listener.local_addr()? };
         let app = Router::new()
             .route("/webhook", post(receive))
             .route("/received", get(list))
@@ -86,12 +82,7 @@ impl Receiver {
 
     /// Answers the next requests with these statuses, then with 200 again.
     pub fn answer_next(&self, statuses: &[u16]) {
-        self.script(
-            &statuses
-                .iter()
-                .map(|s| Answer::Status(*s))
-                .collect::<Vec<_>>(),
-        );
+        self.script(&statuses.iter().map(|s| Answer::Status(*s)).collect::<Vec<_>>());
     }
 
     /// Answers the next requests these ways, then with 200 again.
@@ -101,21 +92,13 @@ impl Receiver {
 }
 
 async fn receive(State(receiver): State<Receiver>, headers: HeaderMap, body: Bytes) -> Response {
-    let header = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_string()
-    };
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
     let verified = receiver.verifier.verify(&body, &headers).is_ok();
-    let answer = receiver
-        .inner
-        .lock()
-        .unwrap()
-        .script
-        .pop_front()
-        .unwrap_or(Answer::Status(if verified { 200 } else { 401 }));
+    let answer = receiver.inner.lock().unwrap().script.pop_front().unwrap_or(Answer::Status(if verified {
+        200
+    } else {
+        401
+    }));
     let answered = match answer {
         Answer::Status(status) => status,
         Answer::Stall => 0,
@@ -145,12 +128,10 @@ async fn receive(State(receiver): State<Receiver>, headers: HeaderMap, body: Byt
     match answer {
         Answer::Stall => std::future::pending().await,
         Answer::Huge(size) => (StatusCode::OK, vec![b'x'; size]).into_response(),
-        Answer::Status(429) => {
-            (StatusCode::TOO_MANY_REQUESTS, [(header::RETRY_AFTER, "1")]).into_response()
+        Answer::Status(429) => (StatusCode::TOO_MANY_REQUESTS, [(header::RETRY_AFTER, "1")]).into_response(),
+        Answer::Status(status) => {
+            StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR).into_response()
         }
-        Answer::Status(status) => StatusCode::from_u16(status)
-            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
-            .into_response(),
     }
 }
 
