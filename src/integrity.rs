@@ -6,6 +6,7 @@ use std::io::Write;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use bytes::Bytes;
 use crc_fast::{CrcAlgorithm, Digest as CrcDigest};
 use flate2::write::MultiGzDecoder;
 use sha2::{Digest, Sha256};
@@ -90,6 +91,43 @@ impl Inspector {
     }
 }
 
+/// Runs an [`Inspector`] on a blocking thread beside the copy, so decoding and hashing overlap
+/// with the network instead of adding to it. Chunks are shared, not copied, and at most a few
+/// wait in the channel, so memory stays bounded.
+pub struct Beside {
+    chunks: Option<tokio::sync::mpsc::Sender<Bytes>>,
+    task: tokio::task::JoinHandle<Result<Inspection, CorruptGzip>>,
+}
+
+/// Chunks that may wait for the inspector; each is a few dozen KiB at most.
+const CHUNKS_WAITING: usize = 64;
+
+impl Beside {
+    pub fn spawn(mut inspector: Inspector) -> Self {
+        let (chunks, mut received) = tokio::sync::mpsc::channel::<Bytes>(CHUNKS_WAITING);
+        let task = tokio::task::spawn_blocking(move || {
+            while let Some(chunk) = received.blocking_recv() {
+                inspector.update(&chunk)?;
+            }
+            inspector.finish()
+        });
+        Self { chunks: Some(chunks), task }
+    }
+
+    /// Hands a chunk over. An error means the inspector has stopped on a broken file; `finish`
+    /// says why.
+    pub async fn update(&mut self, chunk: Bytes) -> Result<(), ()> {
+        let chunks = self.chunks.as_ref().ok_or(())?;
+        chunks.send(chunk).await.map_err(|_| self.chunks = None)
+    }
+
+    /// Waits for the inspector to see the last chunk, and returns what it found.
+    pub async fn finish(mut self) -> Result<Inspection, CorruptGzip> {
+        self.chunks = None;
+        self.task.await.unwrap_or_else(|e| Err(CorruptGzip(format!("the inspection stopped: {e}"))))
+    }
+}
+
 /// Counts CSV records: line breaks outside double quotes, so a quoted field that spans lines
 /// is one row, as RFC 4180 reads it.
 #[derive(Debug, Default)]
@@ -107,20 +145,27 @@ impl RowCounter {
 }
 
 impl Write for RowCounter {
+    /// Jumps from quote to line break with `memchr`, so the CSV is not walked byte by byte.
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        for &byte in buf {
-            match byte {
-                b'"' => {
-                    self.in_quotes = !self.in_quotes;
-                    self.open_record = true;
-                }
-                b'\n' if !self.in_quotes => {
-                    self.records += 1;
-                    self.open_record = false;
-                }
-                b'\r' if !self.in_quotes => {}
-                _ => self.open_record = true,
+        let mut record_end = None;
+        for at in memchr::memchr2_iter(b'"', b'\n', buf) {
+            if buf[at] == b'"' {
+                self.in_quotes = !self.in_quotes;
+            } else if !self.in_quotes {
+                self.records += 1;
+                record_end = Some(at + 1);
             }
+        }
+        let tail = match record_end {
+            Some(end) => {
+                self.open_record = false;
+                &buf[end..]
+            }
+            None => buf,
+        };
+        // Anything but a carriage return after the last record's end starts a new record.
+        if tail.iter().any(|&byte| byte != b'\r') {
+            self.open_record = true;
         }
         Ok(buf.len())
     }

@@ -22,7 +22,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use url::Url;
 
-use crate::integrity::{CorruptGzip, Inspection, Inspector};
+use crate::integrity::{Beside, CorruptGzip, Inspection, Inspector};
 
 /// Longest file name kept in a key; S3 allows 1024 bytes for the whole key.
 const MAX_FILE_NAME_LEN: usize = 200;
@@ -260,7 +260,7 @@ impl Transfer {
         let slot = self.slot().await;
         let first = body.next_part().await?;
         let (parts, inspection) = if body.finished() {
-            let inspection = body.inspection()?;
+            let inspection = body.inspection().await?;
             self.put_whole(destination, first, &inspection).await?;
             (1, inspection)
         } else {
@@ -326,7 +326,7 @@ impl Transfer {
             })?;
         let completed = async {
             let parts = self.upload_parts(&destination.key, &upload_id, first, body, timing).await?;
-            let inspection = body.inspection()?;
+            let inspection = body.inspection().await?;
             let count = self.complete(&destination.key, &upload_id, parts, &inspection).await?;
             Ok((count, inspection))
         }
@@ -524,7 +524,7 @@ struct PartReader<S> {
     expected: u64,
     part_size: usize,
     ended: bool,
-    inspector: Option<Inspector>,
+    inspector: Option<Beside>,
 }
 
 impl<S: Stream<Item = reqwest::Result<Bytes>> + Unpin> PartReader<S> {
@@ -536,7 +536,7 @@ impl<S: Stream<Item = reqwest::Result<Bytes>> + Unpin> PartReader<S> {
             expected,
             part_size,
             ended: false,
-            inspector: Some(inspector),
+            inspector: Some(Beside::spawn(inspector)),
         }
     }
 
@@ -545,11 +545,10 @@ impl<S: Stream<Item = reqwest::Result<Bytes>> + Unpin> PartReader<S> {
         self.ended && self.carry.is_empty()
     }
 
-    /// The checks' findings, once the stream has ended.
-    fn inspection(&mut self) -> Result<Inspection, TransferError> {
-        assert!(self.ended, "inspect only a finished stream");
+    /// The checks' findings, once the stream has ended (or the inspector has stopped).
+    async fn inspection(&mut self) -> Result<Inspection, TransferError> {
         let inspector = self.inspector.take().expect("inspected once");
-        inspector.finish().map_err(TransferError::Corrupt)
+        inspector.finish().await.map_err(TransferError::Corrupt)
     }
 
     /// The next part: `part_size` bytes, or fewer for the last one.
@@ -583,8 +582,11 @@ impl<S: Stream<Item = reqwest::Result<Bytes>> + Unpin> PartReader<S> {
                 if self.received > self.expected {
                     return Err(self.mismatch());
                 }
-                if let Some(inspector) = self.inspector.as_mut() {
-                    inspector.update(&chunk).map_err(TransferError::Corrupt)?;
+                let inspector = self.inspector.as_mut().expect("inspected at the end only");
+                if inspector.update(chunk.clone()).await.is_err() {
+                    return Err(self.inspection().await.err().unwrap_or(TransferError::Corrupt(
+                        CorruptGzip("the inspection stopped early".into()),
+                    )));
                 }
                 self.carry = chunk;
             }

@@ -100,3 +100,43 @@ proptest! {
         }
     }
 }
+
+/// The plain byte-by-byte reading of RFC 4180 records, to check the fast counter against.
+fn reference_rows(csv: &[u8]) -> u64 {
+    let (mut records, mut in_quotes, mut open) = (0u64, false, false);
+    for &byte in csv {
+        match byte {
+            b'"' => {
+                in_quotes = !in_quotes;
+                open = true;
+            }
+            b'\n' if !in_quotes => {
+                records += 1;
+                open = false;
+            }
+            b'\r' if !in_quotes => {}
+            _ => open = true,
+        }
+    }
+    (records + u64::from(open)).saturating_sub(1)
+}
+
+proptest! {
+    #[test]
+    fn csv_rows_are_counted_the_same_however_the_bytes_are_split(
+        csv in proptest::collection::vec(prop_oneof![Just(b'"'), Just(b'\n'), Just(b'\r'), Just(b','), Just(b'a')], 0..400),
+        cuts in proptest::collection::vec(1usize..50, 1..20),
+    ) {
+        let mut inspector = export_relay::integrity::Inspector::for_file("x.csv");
+        let mut rest = &csv[..];
+        for cut in cuts.iter().cycle() {
+            if rest.is_empty() {
+                break;
+            }
+            let (piece, tail) = rest.split_at((*cut).min(rest.len()));
+            inspector.update(piece).unwrap();
+            rest = tail;
+        }
+        prop_assert_eq!(inspector.finish().unwrap().rows, Some(reference_rows(&csv)));
+    }
+}
