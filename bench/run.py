@@ -266,10 +266,8 @@ def bench_poll():
         env = aws_env(endpoint)
         sqs = boto3.client("sqs", endpoint_url=endpoint, region_name="us-east-1",
                            aws_access_key_id="testing", aws_secret_access_key="testing")
-        queue = sqs.create_queue(QueueName="bench")["QueueUrl"]
         env.update(SIM_API_URL=info["api_url"], SIM_API_KEY=info["api_key"],
-                   DEALMACHINE_API_URL=info["api_url"], DEALMACHINE_API_KEY=info["api_key"],
-                   QUEUE_URL=queue)
+                   DEALMACHINE_API_URL=info["api_url"], DEALMACHINE_API_KEY=info["api_key"])
         results = []
         for records in (1, 10):
             env["EXPORT_IDS"] = ",".join(info["ids"][:records])
@@ -278,6 +276,8 @@ def bench_poll():
                 "python boto3 (sequential)": [PY, str(ROOT / "bench" / "py_handler.py"), "poll",
                                               str(POLL_BATCHES)],
             }.items():
+                # A fresh queue for each, so no contender sends into a fuller queue.
+                env["QUEUE_URL"] = sqs.create_queue(QueueName=f"bench-{len(results)}")["QueueUrl"]
                 r = time_v(cmd, env)
                 out = json.loads(r.pop("stdout").strip().splitlines()[-1])
                 out.update(contender=name, rss_kib=r["rss_kib"])
@@ -285,7 +285,6 @@ def bench_poll():
                 log(f"poll {name} {records} record(s): median batch {med * 1000:.1f} ms, "
                     f"CPU {out['cpu_seconds'] / (POLL_BATCHES * records) * 1000:.2f} ms/message")
                 results.append(out)
-                sqs.purge_queue(QueueUrl=queue)
         return results
     finally:
         sim.stdin.close()
@@ -365,11 +364,15 @@ def bench_init():
 
 def sizes():
     out = {}
-    zip_path = TARGET / "lambda" / "bootstrap" / "bootstrap.zip"
+    # `make bench` builds into the target dir; a separate one (target/arm) is looked at too.
+    lambda_dirs = [TARGET / "lambda" / "bootstrap", TARGET / "arm" / "lambda" / "bootstrap"]
+    lambda_dir = max((d for d in lambda_dirs if (d / "bootstrap.zip").exists()),
+                     key=lambda d: (d / "bootstrap.zip").stat().st_mtime, default=lambda_dirs[0])
+    zip_path = lambda_dir / "bootstrap.zip"
     if zip_path.exists():
         out["arm64_zip_bytes"] = zip_path.stat().st_size
         out["arm64_zip_mtime"] = time.ctime(zip_path.stat().st_mtime)
-    arm_bin = TARGET / "lambda" / "bootstrap" / "bootstrap"
+    arm_bin = lambda_dir / "bootstrap"
     if arm_bin.exists():
         out["arm64_binary_bytes"] = arm_bin.stat().st_size
     if BOOTSTRAP.exists():
@@ -382,7 +385,6 @@ def main():
         "sizes_mib": SIZES, "runs": RUNS, "tuning": TUNE, "tune_size_mib": TUNE_SIZE,
         "poll_batches": POLL_BATCHES, "init_runs": INIT_RUNS}}
     started = time.time()
-    results["sizes"] = sizes()
     files = gen_files()
     results["files"] = {str(k): v for k, v in files.items()}
     source_log = open(TARGET / "bench-serve.log", "w")
@@ -400,6 +402,7 @@ def main():
         shutil.rmtree(S3ROOT, ignore_errors=True)
     results["poll"] = bench_poll()
     results["init"] = bench_init()
+    results["sizes"] = sizes()
     results["seconds"] = time.time() - started
     for r in results["copy"] + results["tuning"] + results["s3_alone"]:
         r.pop("stdout", None)
