@@ -2,10 +2,12 @@
 SHELL := /bin/bash
 VENV := .venv
 LINT_VENV := .venv-lint
+BENCH_VENV := .venv-bench
+BENCH_EXAMPLES := $(foreach e,bench_copy bench_gen bench_serve bench_sim bench_poll,--example $(e))
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export CARGO_LAMBDA := $(CURDIR)/$(VENV)/bin/cargo-lambda
 
-.PHONY: help venv test unit lint build deploy demo clean
+.PHONY: help venv test unit lint build deploy demo bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
@@ -45,6 +47,21 @@ demo: venv ## Run the whole relay locally: simulator, moto, webhook receiver and
 	@cargo build --locked --bin bootstrap --example demo || { echo "demo FAILED at the build step"; exit 1; }
 	@scripts/with-moto.sh target/debug/examples/demo
 
+$(BENCH_VENV)/.installed: bench/requirements.txt
+	python3 -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install --quiet --disable-pip-version-check -r bench/requirements.txt
+	touch $@
+
+.bench-tools/bin/s3s-fs:
+	cargo install s3s-fs@0.14.1 --features binary --locked --root .bench-tools
+
+bench: venv $(BENCH_VENV)/.installed .bench-tools/bin/s3s-fs ## Benchmarks against the peers, on loopback: writes BENCHMARKS.md
+	@[ -x /usr/bin/time ] || apt-get install -y time
+	cargo build --release --locked --bin bootstrap $(BENCH_EXAMPLES)
+	cargo lambda build --release --arm64 --bin bootstrap --output-format zip
+	$(BENCH_VENV)/bin/python bench/run.py
+	$(BENCH_VENV)/bin/python bench/report.py
+
 clean: ## Remove build output and the local virtualenvs
 	cargo clean
-	rm -rf $(VENV) $(LINT_VENV)
+	rm -rf $(VENV) $(LINT_VENV) $(BENCH_VENV) .bench-tools
