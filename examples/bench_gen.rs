@@ -15,18 +15,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let target = target_mib.parse::<u64>()? * 1024 * 1024;
     // Bytes per row at this level, from a sample; the file then takes as many rows as it needs.
     let sample_rows = 200_000;
-    let sample = CsvGz {
-        seed: 7,
-        rows: sample_rows,
-        level: 1,
-    }
-    .measure();
+    let sample = CsvGz { seed: 7, rows: sample_rows, level: 1 }.measure();
     let rows = target * sample_rows / sample.size;
-    let spec = CsvGz {
-        seed: 7,
-        rows,
-        level: 1,
-    };
+    let spec = CsvGz { seed: 7, rows, level: 1 };
     let tmp = format!("{out}.part");
     let mut file = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
     let mut size = 0u64;
@@ -37,9 +28,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     file.flush()?;
     drop(file);
     std::fs::rename(&tmp, out)?;
-    println!(
-        "{}",
-        serde_json::json!({"path": out, "size": size, "rows": rows})
-    );
+    println!("{}", serde_json::json!({"path": out, "size": size, "rows": rows}));
     Ok(())
 }

@@ -15,10 +15,7 @@ use serde_json::{Value, json};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let batches: usize = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "20".into())
-        .parse()?;
+    let batches: usize = std::env::args().nth(1).unwrap_or_else(|| "20".into()).parse()?;
     let env = |name: &str| std::env::var(name).map_err(|_| format!("{name} is not set"));
     let (api_url, api_key) = (env("SIM_API_URL")?, env("SIM_API_KEY")?);
     let (queue_url, ids) = (env("QUEUE_URL")?, env("EXPORT_IDS")?);
@@ -33,12 +30,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ("S3_FORCE_PATH_STYLE", "true"),
     ];
     let config = startup::load_config_with(
-        |name| {
-            settings
-                .iter()
-                .find(|(k, _)| *k == name)
-                .map(|(_, v)| v.to_string())
-        },
+        |name| settings.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string()),
         &aws,
     )
     .await?;
@@ -98,12 +90,7 @@ fn cpu_seconds() -> f64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
     let after_name = stat.rsplit(')').next().unwrap_or_default();
     let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
     // Fields 14 and 15 of the file (utime, stime) are 11 and 12 after the name.
     (ticks(11) + ticks(12)) / 100.0
 }

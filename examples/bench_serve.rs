@@ -45,11 +45,7 @@ fn serve(stream: TcpStream, dir: &Path) -> std::io::Result<()> {
         }
         let mut words = request.split_whitespace();
         let (method, target) = (words.next().unwrap_or(""), words.next().unwrap_or("/"));
-        let name = target
-            .split('?')
-            .next()
-            .unwrap_or("")
-            .trim_start_matches('/');
+        let name = target.split('?').next().unwrap_or("").trim_start_matches('/');
         let file = (!name.contains("..") && !name.contains('/'))
             .then(|| std::fs::File::open(dir.join(name)).ok())
             .flatten();

@@ -10,18 +10,11 @@ use dealmachine_sim::{ExportSpec, SimOptions, Simulator, Status};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let count: usize = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "10".into())
-        .parse()?;
+    let count: usize = std::env::args().nth(1).unwrap_or_else(|| "10".into()).parse()?;
     let sim = Simulator::start(SimOptions::default(), "127.0.0.1:0".parse()?).await?;
-    let ids: Vec<String> = (0..count)
-        .map(|_| sim.add_export(ExportSpec::scripted(&[Status::Processing], vec![])))
-        .collect();
-    println!(
-        "{}",
-        serde_json::json!({"api_url": sim.api_url(), "api_key": sim.api_key(), "ids": ids})
-    );
+    let ids: Vec<String> =
+        (0..count).map(|_| sim.add_export(ExportSpec::scripted(&[Status::Processing], vec![]))).collect();
+    println!("{}", serde_json::json!({"api_url": sim.api_url(), "api_key": sim.api_key(), "ids": ids}));
     tokio::task::spawn_blocking(|| {
         let _ = std::io::stdin().read_to_end(&mut Vec::new());
     })
