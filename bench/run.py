@@ -266,6 +266,8 @@ def bench_poll():
         env = aws_env(endpoint)
         sqs = boto3.client("sqs", endpoint_url=endpoint, region_name="us-east-1",
                            aws_access_key_id="testing", aws_secret_access_key="testing")
+        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="testing",
+                     aws_secret_access_key="testing").create_bucket(Bucket="bench")
         env.update(SIM_API_URL=info["api_url"], SIM_API_KEY=info["api_key"],
                    DEALMACHINE_API_URL=info["api_url"], DEALMACHINE_API_KEY=info["api_key"])
         results = []
@@ -311,6 +313,21 @@ class RuntimeApi:
                         outer.first_next = time.perf_counter()
                         outer.arrived.set()
                     time.sleep(30)
+                else:
+                    self.send_error(404)
+
+            def do_POST(self):
+                # Lambda's Extensions API, as the function's graceful-shutdown hook registers
+                # a no-op extension at init, as it does in AWS.
+                if self.path.endswith("/2020-01-01/extension/register"):
+                    self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                    body = b'{"functionName": "bench", "functionVersion": "1", "handler": "bootstrap"}'
+                    self.send_response(200)
+                    self.send_header("Lambda-Extension-Identifier", "bench-extension")
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
                 else:
                     self.send_error(404)
 
@@ -412,7 +429,12 @@ def main():
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] == ["--sizes-only"]:  # refresh the binary sizes after a later build
+    if sys.argv[1:] == ["--init-only"]:  # re-measure start-up alone
+        out = ROOT / "bench" / "results.json"
+        results = json.loads(out.read_text())
+        results["init"] = bench_init()
+        out.write_text(json.dumps(results, indent=1) + "\n")
+    elif sys.argv[1:] == ["--sizes-only"]:  # refresh the binary sizes after a later build
         out = ROOT / "bench" / "results.json"
         results = json.loads(out.read_text())
         results["sizes"] = sizes()

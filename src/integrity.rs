@@ -99,8 +99,10 @@ pub struct Beside {
     task: tokio::task::JoinHandle<Result<Inspection, CorruptGzip>>,
 }
 
-/// Chunks that may wait for the inspector; each is a few dozen KiB at most.
-const CHUNKS_WAITING: usize = 64;
+/// Chunks that may wait for the inspector. A chunk can be hundreds of KiB on a fast link, so
+/// keep this small: it adds to the memory bound, while more buys no speed once the inspector is
+/// the slower side.
+const CHUNKS_WAITING: usize = 4;
 
 impl Beside {
     pub fn spawn(mut inspector: Inspector) -> Self {
