@@ -166,7 +166,11 @@ impl Config {
                 .map(|_| env.seconds("PRESIGN_TTL_SECONDS", 0, 1..=MAX_PRESIGN_SECONDS))
                 .transpose()?,
             part_size: env.number("PART_SIZE_MIB", 8, MIN_PART_SIZE_MIB as u64..=512)? as usize * MIB,
-            download_idle_timeout: env.seconds("DOWNLOAD_IDLE_TIMEOUT_SECONDS", 60, 1..=900)?,
+            download_idle_timeout: env.seconds(
+                "DOWNLOAD_IDLE_TIMEOUT_SECONDS",
+                crate::transfer::DEFAULT_IDLE_TIMEOUT.as_secs(),
+                1..=900,
+            )?,
             parts_in_flight: env.number("PARTS_IN_FLIGHT", 4, 1..=64)? as usize,
             api_retry: RetryPolicy::API,
         })

@@ -67,11 +67,6 @@ impl Inspector {
         decoded.map_err(|e| CorruptGzip(e.to_string()))
     }
 
-    /// The CRC64NVME of the bytes so far, for S3's checksum headers.
-    pub fn crc64nvme(&self) -> String {
-        BASE64.encode(self.crc.finalize().to_be_bytes())
-    }
-
     /// Checks the gzip trailer (CRC and size) and returns what was found.
     pub fn finish(self) -> Result<Inspection, CorruptGzip> {
         let crc64nvme = BASE64.encode(self.crc.finalize().to_be_bytes());

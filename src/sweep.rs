@@ -68,7 +68,8 @@ impl Relay {
                     Err(e) => return Err(e.into()),
                 };
                 summary.pages_read += 1;
-                remaining = rate.remaining.min(rate.remaining_today).or(rate.remaining);
+                // The tighter of the minute's and the day's budget.
+                remaining = [rate.remaining, rate.remaining_today].into_iter().flatten().min();
                 self.metrics.api_answer(rate.rate_limited, rate.remaining);
                 for export in &page.exports {
                     if export.created_at.is_some_and(|at| at < cutoff) {

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use base64::Engine;
 use dealmachine_sim::{Answer, FileSpec};
+use export_relay::notify::{Event, EventData, EventType, Notifier, NotifyError};
 use export_relay::startup;
 use export_relay::transfer::Deadline;
 use serde_json::{Value, json};
@@ -88,9 +89,33 @@ async fn a_stalled_endpoint_times_out_and_the_record_is_retried() {
 async fn a_huge_answer_is_not_read_in_full() {
     let app = spawn_app().await;
     let id = app.completed(vec![FileSpec::csv("a.csv.gz", 1, 10)]);
-    app.receiver.script(&[Answer::Huge(64 * 1024 * 1024)]);
-
+    app.receiver.script(&[Answer::Huge(200, 64 * 1024 * 1024)]);
     assert!(app.deliver(&[&id]).await.is_empty(), "a 2xx is success, whatever its body");
+
+    // An error answer's body is kept for the log, but only its first KiB.
+    app.receiver.script(&[Answer::Huge(500, 64 * 1024 * 1024)]);
+    let notifier = Notifier::new(app.config.webhook.as_ref().unwrap()).unwrap();
+    let data = EventData {
+        export_id: id.clone(),
+        name: None,
+        status: None,
+        record_count: None,
+        file_size: None,
+        created_at: None,
+        expires_at: None,
+        metadata: Default::default(),
+        files: None,
+        verified: None,
+        verification_error: None,
+        error: None,
+    };
+    match notifier.send(&Event::new(EventType::Failed, data)).await {
+        Err(NotifyError::Rejected { status, body, .. }) => {
+            assert_eq!(status, 500);
+            assert_eq!(body.len(), 1024, "the body is cut at 1 KiB");
+        }
+        other => panic!("expected a rejection, got {other:?}"),
+    }
 }
 
 #[tokio::test]

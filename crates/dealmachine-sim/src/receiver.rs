@@ -44,8 +44,8 @@ pub enum Answer {
     Status(u16),
     /// Never answer, as a stalled endpoint.
     Stall,
-    /// 200 with a body of this many bytes.
-    Huge(usize),
+    /// This status, with a body of this many bytes.
+    Huge(u16, usize),
 }
 
 #[derive(Clone)]
@@ -102,7 +102,7 @@ async fn receive(State(receiver): State<Receiver>, headers: HeaderMap, body: Byt
     let answered = match answer {
         Answer::Status(status) => status,
         Answer::Stall => 0,
-        Answer::Huge(_) => 200,
+        Answer::Huge(status, _) => status,
     };
     let parsed: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     if !receiver.quiet {
@@ -127,7 +127,10 @@ async fn receive(State(receiver): State<Receiver>, headers: HeaderMap, body: Byt
     });
     match answer {
         Answer::Stall => std::future::pending().await,
-        Answer::Huge(size) => (StatusCode::OK, vec![b'x'; size]).into_response(),
+        Answer::Huge(status, size) => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+            (status, vec![b'x'; size]).into_response()
+        }
         Answer::Status(429) => (StatusCode::TOO_MANY_REQUESTS, [(header::RETRY_AFTER, "1")]).into_response(),
         Answer::Status(status) => {
             StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR).into_response()
