@@ -77,6 +77,8 @@ pub struct Config {
     pub strict_record_count: bool,
     /// A download that sends nothing for this long is given up.
     pub download_idle_timeout: Duration,
+    /// How many times one file's download may resume after a break, or start again.
+    pub download_max_resumes: u32,
     pub part_size: usize,
     /// Parts uploading at once, across every file this process copies: memory is bounded by
     /// `part_size * (parts_in_flight + files copying at once)`.
@@ -171,6 +173,11 @@ impl Config {
                 crate::transfer::DEFAULT_IDLE_TIMEOUT.as_secs(),
                 1..=900,
             )?,
+            download_max_resumes: env.number(
+                "DOWNLOAD_MAX_RESUMES",
+                crate::transfer::DEFAULT_MAX_RESUMES.into(),
+                0..=100,
+            )? as u32,
             parts_in_flight: env.number("PARTS_IN_FLIGHT", 4, 1..=64)? as usize,
             api_retry: RetryPolicy::API,
         })

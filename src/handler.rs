@@ -343,7 +343,6 @@ impl Relay {
         })
     }
 
-    /// Copies every file of a completed export, one after another.
     /// Where each file goes. Every name and URL is checked before the first byte moves, so a
     /// refused export leaves nothing behind.
     fn plan<'e>(&self, export: &'e Export) -> Result<Vec<(&'e DownloadFile, Destination)>, RelayError> {
@@ -383,6 +382,7 @@ impl Relay {
                 key = %done.key, bytes = done.size, parts = done.parts, seconds,
                 mib_per_s = done.size as f64 / 1_048_576.0 / seconds.max(1e-6),
                 sha256 = %done.inspection.sha256, rows = done.inspection.rows,
+                source_crc32c = ?done.source().crc32c, resumes = done.resumes, restarts = done.restarts,
                 "file copied"
             );
             self.metrics.file_copied(done.size, seconds);
@@ -393,6 +393,7 @@ impl Relay {
                 sha256: done.inspection.sha256,
                 crc64nvme: done.inspection.crc64nvme,
                 rows: done.inspection.rows,
+                source: done.inspection.source,
             });
         }
         Ok(copied)

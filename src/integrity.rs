@@ -1,6 +1,7 @@
 //! Checks computed on the bytes as they stream past, so no file is ever read twice: SHA-256 for
-//! consumers, CRC64NVME for S3's own full-object check, and, for gzip CSV, a decode to the
-//! trailer with a count of the CSV rows inside.
+//! consumers, CRC64NVME for S3's own full-object check, CRC32C (or MD5) against the checksum the
+//! file host announced for what it stored, and, for gzip CSV, a decode to the trailer with a
+//! count of the CSV rows inside.
 
 use std::io::Write;
 
@@ -9,11 +10,51 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use crc_fast::{CrcAlgorithm, Digest as CrcDigest};
 use flate2::write::MultiGzDecoder;
+use md5::Md5;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("the file is not valid gzip: {0}")]
 pub struct CorruptGzip(pub String);
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum InspectionError {
+    #[error(transparent)]
+    Corrupt(#[from] CorruptGzip),
+    /// The bytes received are not the bytes the file host says it stored.
+    #[error(
+        "the {algorithm} of the bytes received is {computed}, but the file host announced {announced} for the object it stored"
+    )]
+    SourceMismatch { algorithm: &'static str, announced: String, computed: String },
+}
+
+/// What the file host says about the object it stores, from `x-goog-hash` and
+/// `x-goog-generation`: base64 big-endian digests, as Google Cloud Storage sends them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Announced {
+    pub crc32c: Option<String>,
+    pub md5: Option<String>,
+    pub generation: Option<String>,
+}
+
+/// The file host's checksums of the stored object, as the manifest records them, each with
+/// whether the bytes received were checked against it and matched.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceChecksums {
+    /// The object version the checksums belong to.
+    pub generation: Option<String>,
+    pub crc32c: Option<Checked>,
+    pub md5: Option<Checked>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checked {
+    pub value: String,
+    /// False for a checksum recorded without being checked: MD5 when CRC32C was checked, as
+    /// computing both would cost copy speed and buy nothing more against transfer errors.
+    pub verified: bool,
+}
 
 /// What the checks found, once the last byte has passed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,12 +64,17 @@ pub struct Inspection {
     pub crc64nvme: String,
     /// CSV data rows after the header, for `.csv` and `.csv.gz` files.
     pub rows: Option<u64>,
+    pub source: SourceChecksums,
 }
 
 /// Watches one file's bytes go by.
 pub struct Inspector {
     sha256: Sha256,
     crc: CrcDigest,
+    crc32c: CrcDigest,
+    /// Only when MD5 is the one checksum the host announced.
+    md5: Option<Md5>,
+    announced: Announced,
     content: Content,
 }
 
@@ -40,8 +86,9 @@ enum Content {
 }
 
 impl Inspector {
-    /// Chooses the checks from the file name: `.gz` must be gzip, `.csv` is counted.
-    pub fn for_file(filename: &str) -> Self {
+    /// Chooses the checks from the file name (`.gz` must be gzip, `.csv` is counted) and from
+    /// what the host announced.
+    pub fn for_file(filename: &str, announced: Announced) -> Self {
         let name = filename.to_ascii_lowercase();
         let content = if name.ends_with(".csv.gz") {
             Content::GzipCsv(Box::new(MultiGzDecoder::new(RowCounter::default())))
@@ -52,12 +99,24 @@ impl Inspector {
         } else {
             Content::Opaque
         };
-        Self { sha256: Sha256::new(), crc: CrcDigest::new(CrcAlgorithm::Crc64Nvme), content }
+        let md5 = (announced.crc32c.is_none() && announced.md5.is_some()).then(<Md5 as md5::Digest>::new);
+        Self {
+            sha256: Sha256::new(),
+            crc: CrcDigest::new(CrcAlgorithm::Crc64Nvme),
+            crc32c: CrcDigest::new(CrcAlgorithm::Crc32Iscsi),
+            md5,
+            announced,
+            content,
+        }
     }
 
     pub fn update(&mut self, chunk: &[u8]) -> Result<(), CorruptGzip> {
         self.sha256.update(chunk);
         self.crc.update(chunk);
+        self.crc32c.update(chunk);
+        if let Some(md5) = &mut self.md5 {
+            md5::Digest::update(md5, chunk);
+        }
         let decoded = match &mut self.content {
             Content::Opaque => Ok(()),
             Content::Csv(counter) => counter.write_all(chunk),
@@ -67,9 +126,18 @@ impl Inspector {
         decoded.map_err(|e| CorruptGzip(e.to_string()))
     }
 
-    /// Checks the gzip trailer (CRC and size) and returns what was found.
-    pub fn finish(self) -> Result<Inspection, CorruptGzip> {
+    /// Checks the bytes against the host's checksum, then the gzip trailer (CRC and size), and
+    /// returns what was found. The host's checksum comes first: bytes that are not what it
+    /// stored say nothing about the file itself.
+    pub fn finish(self) -> Result<Inspection, InspectionError> {
         let crc64nvme = BASE64.encode(self.crc.finalize().to_be_bytes());
+        let crc32c = BASE64.encode((self.crc32c.finalize() as u32).to_be_bytes());
+        let md5 = self.md5.map(|md5| BASE64.encode(md5::Digest::finalize(md5)));
+        let source = SourceChecksums {
+            crc32c: check("crc32c", self.announced.crc32c, Some(crc32c))?,
+            md5: check("md5", self.announced.md5, md5)?,
+            generation: self.announced.generation,
+        };
         let rows = match self.content {
             Content::Opaque => None,
             Content::Csv(counter) => Some(counter.data_rows()),
@@ -82,7 +150,22 @@ impl Inspector {
                 None
             }
         };
-        Ok(Inspection { sha256: format!("{:x}", self.sha256.finalize()), crc64nvme, rows })
+        Ok(Inspection { sha256: format!("{:x}", self.sha256.finalize()), crc64nvme, rows, source })
+    }
+}
+
+/// Compares an announced checksum with the computed one, if there is one to compare with.
+fn check(
+    algorithm: &'static str,
+    announced: Option<String>,
+    computed: Option<String>,
+) -> Result<Option<Checked>, InspectionError> {
+    match (announced, computed) {
+        (Some(announced), Some(computed)) if announced != computed => {
+            Err(InspectionError::SourceMismatch { algorithm, announced, computed })
+        }
+        (Some(value), computed) => Ok(Some(Checked { value, verified: computed.is_some() })),
+        (None, _) => Ok(None),
     }
 }
 
@@ -91,7 +174,7 @@ impl Inspector {
 /// wait in the channel, so memory stays bounded.
 pub struct Beside {
     chunks: Option<tokio::sync::mpsc::Sender<Bytes>>,
-    task: tokio::task::JoinHandle<Result<Inspection, CorruptGzip>>,
+    task: tokio::task::JoinHandle<Result<Inspection, InspectionError>>,
 }
 
 /// Chunks that may wait for the inspector. A chunk can be hundreds of KiB on a fast link, so
@@ -104,7 +187,7 @@ impl Beside {
         let (chunks, mut received) = tokio::sync::mpsc::channel::<Bytes>(CHUNKS_WAITING);
         let task = tokio::task::spawn_blocking(move || {
             while let Some(chunk) = received.blocking_recv() {
-                inspector.update(&chunk)?;
+                inspector.update(&chunk).map_err(InspectionError::Corrupt)?;
             }
             inspector.finish()
         });
@@ -119,9 +202,9 @@ impl Beside {
     }
 
     /// Waits for the inspector to see the last chunk, and returns what it found.
-    pub async fn finish(mut self) -> Result<Inspection, CorruptGzip> {
+    pub async fn finish(mut self) -> Result<Inspection, InspectionError> {
         self.chunks = None;
-        self.task.await.unwrap_or_else(|e| Err(CorruptGzip(format!("the inspection stopped: {e}"))))
+        self.task.await.unwrap_or_else(|e| Err(CorruptGzip(format!("the inspection stopped: {e}")).into()))
     }
 }
 
@@ -184,8 +267,17 @@ mod tests {
         encoder.finish().unwrap()
     }
 
-    fn inspect(name: &str, bytes: &[u8], chunk: usize) -> Result<Inspection, CorruptGzip> {
-        let mut inspector = Inspector::for_file(name);
+    fn inspect(name: &str, bytes: &[u8], chunk: usize) -> Result<Inspection, InspectionError> {
+        inspect_announced(name, bytes, chunk, Announced::default())
+    }
+
+    fn inspect_announced(
+        name: &str,
+        bytes: &[u8],
+        chunk: usize,
+        announced: Announced,
+    ) -> Result<Inspection, InspectionError> {
+        let mut inspector = Inspector::for_file(name, announced);
         for piece in bytes.chunks(chunk.max(1)) {
             inspector.update(piece)?;
         }
@@ -239,5 +331,59 @@ mod tests {
         assert_eq!(found.sha256, "15e2b0d3c33891ebb0f1ef609ec419420c20e320ce94c65fbc8c3312448eb225");
         // CRC-64/NVME's check value for "123456789" is 0xAE8B14860A799888.
         assert_eq!(found.crc64nvme, BASE64.encode(0xAE8B_1486_0A79_9888u64.to_be_bytes()));
+    }
+
+    /// CRC-32C's check value for "123456789" is 0xE3069283; MD5's is 25f9e794323b453885f5181f1b624d0b.
+    const CRC32C_123456789: &str = "4waSgw==";
+    const MD5_123456789: &str = "JfnnlDI7RTiF9RgfG2JNCw==";
+
+    fn announced(crc32c: Option<&str>, md5: Option<&str>) -> Announced {
+        Announced { crc32c: crc32c.map(Into::into), md5: md5.map(Into::into), generation: Some("7".into()) }
+    }
+
+    #[test]
+    fn the_hosts_crc32c_is_checked_and_its_md5_recorded() {
+        let both = announced(Some(CRC32C_123456789), Some(MD5_123456789));
+        let found = inspect_announced("a.bin", b"123456789", 4, both).unwrap();
+        assert_eq!(found.source.crc32c, Some(Checked { value: CRC32C_123456789.into(), verified: true }));
+        assert_eq!(found.source.md5, Some(Checked { value: MD5_123456789.into(), verified: false }));
+        assert_eq!(found.source.generation.as_deref(), Some("7"));
+
+        let wrong = announced(Some("AAAAAA=="), Some(MD5_123456789));
+        assert_eq!(
+            inspect_announced("a.bin", b"123456789", 4, wrong),
+            Err(InspectionError::SourceMismatch {
+                algorithm: "crc32c",
+                announced: "AAAAAA==".into(),
+                computed: CRC32C_123456789.into()
+            })
+        );
+    }
+
+    #[test]
+    fn md5_is_checked_when_it_is_all_the_host_announced() {
+        let found =
+            inspect_announced("a.bin", b"123456789", 2, announced(None, Some(MD5_123456789))).unwrap();
+        assert_eq!(found.source.md5, Some(Checked { value: MD5_123456789.into(), verified: true }));
+        assert_eq!(found.source.crc32c, None);
+        let wrong = inspect_announced("a.bin", b"123456780", 2, announced(None, Some(MD5_123456789)));
+        assert!(matches!(wrong, Err(InspectionError::SourceMismatch { algorithm: "md5", .. })));
+        let nothing = inspect_announced("a.bin", b"123456789", 2, Announced::default()).unwrap();
+        assert_eq!(nothing.source, SourceChecksums::default(), "no header, nothing to check");
+    }
+
+    #[test]
+    fn bytes_that_differ_from_the_stored_ones_are_not_blamed_on_the_file() {
+        let gz = gzip(b"id\n1\n");
+        let mut flipped = gz.clone();
+        let last = flipped.len() - 6;
+        flipped[last] ^= 0xff;
+        let crc32c = {
+            let mut digest = CrcDigest::new(CrcAlgorithm::Crc32Iscsi);
+            digest.update(&gz);
+            BASE64.encode((digest.finalize() as u32).to_be_bytes())
+        };
+        let found = inspect_announced("x.csv.gz", &flipped, 16, announced(Some(&crc32c), None));
+        assert!(matches!(found, Err(InspectionError::SourceMismatch { .. })), "{found:?}");
     }
 }

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::dealmachine::Export;
 use crate::events::ExportId;
+use crate::integrity::SourceChecksums;
 use crate::notify::EventType;
 
 /// Manifests are small; a larger one was not written by the relay.
@@ -41,6 +42,10 @@ pub struct ManifestFile {
     pub crc64nvme: String,
     /// CSV data rows, for `.csv` and `.csv.gz` files.
     pub rows: Option<u64>,
+    /// The file host's own checksums of what it stored, and which the bytes were checked
+    /// against. Manifests written before the relay read them have none.
+    #[serde(default)]
+    pub source: SourceChecksums,
 }
 
 impl Manifest {
@@ -235,6 +240,7 @@ mod tests {
             sha256: "00".into(),
             crc64nvme: "AAAAAAAAAAA=".into(),
             rows,
+            source: SourceChecksums::default(),
         }
     }
 

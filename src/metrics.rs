@@ -24,6 +24,11 @@ pub mod name {
     pub const WEBHOOK_ATTEMPTS: &str = "WebhookAttempts";
     pub const WEBHOOK_FAILURES: &str = "WebhookFailures";
     pub const API_RATE_LIMITED: &str = "ApiRateLimited";
+    /// A download that broke off and went on from the first byte not received.
+    pub const DOWNLOAD_RESUMES: &str = "DownloadResumes";
+    /// A download started again from byte 0: the host ignored a range, the object changed, or
+    /// the bytes were not what the host stored.
+    pub const DOWNLOAD_RESTARTS: &str = "DownloadRestarts";
     pub const API_RATE_REMAINING: &str = "ApiRateLimitRemaining";
 }
 
@@ -84,6 +89,14 @@ impl Metrics {
             &[],
             &[(name::BYTES_COPIED, bytes as f64, Unit::Bytes), (name::COPY_SECONDS, seconds, Unit::Seconds)],
         );
+    }
+
+    pub fn download_resumed(&self) {
+        self.emit(&[], &[(name::DOWNLOAD_RESUMES, 1.0, Unit::Count)]);
+    }
+
+    pub fn download_restarted(&self) {
+        self.emit(&[], &[(name::DOWNLOAD_RESTARTS, 1.0, Unit::Count)]);
     }
 
     pub fn completed(&self, poll_attempts: u32, created_to_delivered: Option<f64>) {

@@ -55,6 +55,7 @@ pub fn build_relay(config: &Config, aws: &SdkConfig) -> Result<Relay, StartupErr
         .build()?;
     let policy =
         UrlPolicy { hosts: config.download_hosts.clone(), allow_insecure_http: config.allow_insecure_http };
+    let metrics = Metrics::stdout(&config.metrics_namespace);
     Ok(Relay {
         api: DealMachineClient::new(
             api_http,
@@ -64,7 +65,9 @@ pub fn build_relay(config: &Config, aws: &SdkConfig) -> Result<Relay, StartupErr
         ),
         ledger: Ledger::new(s3.clone(), config.bucket.clone(), config.prefix.clone()),
         transfer: Transfer::new(s3, config.bucket.clone(), policy, config.part_size, config.parts_in_flight)?
-            .with_idle_timeout(config.download_idle_timeout)?,
+            .with_idle_timeout(config.download_idle_timeout)?
+            .with_max_resumes(config.download_max_resumes)
+            .with_metrics(metrics.clone()),
         notifier: config.webhook.as_ref().map(Notifier::new).transpose()?,
         requeuer: Requeuer::new(sqs.clone(), config.queue_url.clone()),
         dead_letters: config.dead_letter_queue_url.clone().map(|url| DeadLetters::new(sqs, url)),
@@ -72,7 +75,7 @@ pub fn build_relay(config: &Config, aws: &SdkConfig) -> Result<Relay, StartupErr
         poll: config.poll,
         strict_record_count: config.strict_record_count,
         presign_ttl: config.presign_ttl,
-        metrics: Metrics::stdout(&config.metrics_namespace),
+        metrics,
         sweep_reserve: config.sweep_reserve_requests,
     })
 }

@@ -127,7 +127,7 @@ proptest! {
         csv in proptest::collection::vec(prop_oneof![Just(b'"'), Just(b'\n'), Just(b'\r'), Just(b','), Just(b'a')], 0..400),
         cuts in proptest::collection::vec(1usize..50, 1..20),
     ) {
-        let mut inspector = export_relay::integrity::Inspector::for_file("x.csv");
+        let mut inspector = export_relay::integrity::Inspector::for_file("x.csv", Default::default());
         let mut rest = &csv[..];
         for cut in cuts.iter().cycle() {
             if rest.is_empty() {

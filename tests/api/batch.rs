@@ -5,11 +5,16 @@ use std::time::Duration;
 
 use dealmachine_sim::{DownloadFault, ExportSpec, FileSpec, Status};
 
-use crate::helpers::spawn_app;
+use crate::helpers::{Setup, spawn_app, spawn_app_with};
 
 #[tokio::test]
 async fn a_mixed_batch_reports_exactly_the_records_worth_retrying() {
-    let app = spawn_app().await;
+    // A poll delay long enough to still be pending when the batch's slowest record is done.
+    let app = spawn_app_with(Setup {
+        env: vec![("POLL_INITIAL_DELAY_SECONDS", "60".into())],
+        ..Default::default()
+    })
+    .await;
     let done = app.completed(vec![FileSpec::csv("a.csv.gz", 1, 50)]);
     let running = app.sim.add_export(ExportSpec::scripted(&[Status::Processing], vec![]));
     let flaky = app.completed(vec![FileSpec {
@@ -22,6 +27,8 @@ async fn a_mixed_batch_reports_exactly_the_records_worth_retrying() {
         app.deliver(&[&done, &running, "{\"export_id\": ", &flaky, "../../etc/passwd", unknown]).await;
 
     assert_eq!(failures, vec!["m3"], "only the transient download failure is retried");
+    let flaky_gets = app.sim.seen_matching(&format!("/files/{flaky}/")).len();
+    assert_eq!(flaky_gets, 1 + 5, "a 503 is tried again DOWNLOAD_MAX_RESUMES times, then left to SQS");
     assert_eq!(app.file_keys().await, vec![app.key(&done, "a.csv.gz")]);
     assert_eq!(app.delayed_count().await, 1, "the running export is polled");
 

@@ -1,6 +1,6 @@
 //! A completed export's files land in S3 byte for byte, and a webhook says where.
 
-use dealmachine_sim::{CsvGz, DownloadFault, FileSpec};
+use dealmachine_sim::{CsvGz, FileSpec};
 use serde_json::json;
 
 use crate::helpers::{PART, sha256, spawn_app};
@@ -71,23 +71,6 @@ async fn the_webhook_is_signed_by_the_standard_webhooks_rules() {
     verifier.verify(hook.raw.as_bytes(), &headers).expect("signature verifies");
     headers.insert("webhook-signature", hook.signature.replace("v1,", "v1,A").parse().unwrap());
     assert!(verifier.verify(hook.raw.as_bytes(), &headers).is_err(), "a tampered signature fails");
-}
-
-#[tokio::test]
-async fn a_download_that_breaks_off_leaves_nothing_behind_and_is_retried() {
-    let app = spawn_app().await;
-    let file = FileSpec {
-        content: CsvGz { seed: 4, rows: 120_000, level: 0 },
-        fault: Some(DownloadFault::CloseAfter(2 * PART as u64 + 12_345)),
-        ..FileSpec::csv("cut.csv.gz", 4, 0)
-    };
-    let id = app.completed(vec![file]);
-
-    let failures = app.deliver(&[&id]).await;
-    assert_eq!(failures, vec!["m0"], "a broken download is worth retrying");
-    assert!(app.file_keys().await.is_empty(), "no partial object");
-    assert_eq!(app.pending_uploads().await, 0, "the multipart upload was aborted");
-    assert!(app.webhooks().is_empty(), "no webhook for a copy that did not finish");
 }
 
 #[tokio::test]

@@ -81,7 +81,9 @@ async fn a_body_longer_than_its_size_is_refused_and_nothing_is_committed() {
 
 #[tokio::test]
 async fn a_truncated_download_leaves_no_object_and_no_manifest() {
-    let app = spawn_app().await;
+    // No resumes allowed, so the break ends the copy (resumes have their own tests).
+    let app =
+        spawn_app_with(Setup { env: vec![("DOWNLOAD_MAX_RESUMES", "0".into())], ..Default::default() }).await;
     let file = FileSpec { fault: Some(DownloadFault::CloseAfter(PART as u64 + 100)), ..big("cut.csv.gz", 5) };
     let id = app.completed(vec![FileSpec::csv("first.csv.gz", 6, 10), file]);
 

@@ -1,19 +1,14 @@
 //! Faults, bad input and hostile data: nothing is lost, nothing partial is left, nobody is let in.
 //! Each case here has a row in docs/RELIABILITY.md.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
-use axum::response::{IntoResponse, Response};
 use dealmachine_sim::{ApiFault, CsvGz, DownloadFault, ExportSpec, FileSpec, SimOptions, Status};
-use export_relay::startup;
 use serde_json::json;
 
 use crate::helpers::{PART, Setup, spawn_app, spawn_app_with};
+use crate::s3_proxy::{FaultyS3, relay_through};
 
 fn big(name: &str, seed: u64) -> FileSpec {
     FileSpec { content: CsvGz { seed, rows: 120_000, level: 0 }, ..FileSpec::csv(name, seed, 0) }
@@ -210,102 +205,21 @@ async fn broken_api_answers_get_a_clear_error_and_write_nothing() {
 #[tokio::test]
 async fn a_download_that_stalls_is_given_up_after_the_idle_timeout() {
     let app = spawn_app_with(Setup {
-        env: vec![("DOWNLOAD_IDLE_TIMEOUT_SECONDS", "1".into())],
+        env: vec![("DOWNLOAD_IDLE_TIMEOUT_SECONDS", "1".into()), ("DOWNLOAD_MAX_RESUMES", "1".into())],
         ..Default::default()
     })
     .await;
-    let file =
-        FileSpec { fault: Some(DownloadFault::StallAfter(PART as u64 + 1000)), ..big("stall.csv.gz", 2) };
-    let id = app.completed(vec![file]);
+    let stall_at = PART as u64 + 1000;
+    let id = app.completed(vec![big("stall.csv.gz", 2).with_fault(DownloadFault::StallAfter(stall_at))]);
 
     let failures =
         tokio::time::timeout(Duration::from_secs(30), app.deliver(&[&id])).await.expect("does not hang");
 
     assert_eq!(failures, vec!["m0"]);
+    let ranges: Vec<_> =
+        app.sim.seen_matching("/files/").iter().map(|g| g.header("range").map(str::to_string)).collect();
+    assert_eq!(ranges, vec![None, Some(format!("bytes={stall_at}-"))], "resumed once after the first stall");
     app.assert_nothing_stored().await;
-}
-
-type FailWhen = dyn Fn(&str) -> bool + Send + Sync;
-
-/// Stands between the relay and moto, and answers `503 SlowDown` to chosen `UploadPart` calls.
-#[derive(Clone)]
-struct FaultyS3 {
-    moto: String,
-    http: reqwest::Client,
-    /// Fails the UploadPart tries whose query string satisfies this.
-    fail: Arc<FailWhen>,
-    injected: Arc<AtomicUsize>,
-}
-
-impl FaultyS3 {
-    async fn start(fail: impl Fn(&str) -> bool + Send + Sync + 'static) -> (Self, String) {
-        let proxy = Self {
-            moto: std::env::var("AWS_ENDPOINT_URL").unwrap(),
-            http: reqwest::Client::new(),
-            fail: Arc::new(fail),
-            injected: Arc::default(),
-        };
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let app = axum::Router::new()
-            .fallback(forward)
-            .layer(axum::extract::DefaultBodyLimit::disable())
-            .with_state(proxy.clone());
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        (proxy, url)
-    }
-}
-
-async fn forward(
-    State(proxy): State<FaultyS3>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let query = uri.query().unwrap_or_default();
-    let upload_part = method == Method::PUT && query.contains("partNumber=") && query.contains("uploadId=");
-    if upload_part && (proxy.fail)(query) {
-        proxy.injected.fetch_add(1, Ordering::SeqCst);
-        let xml = "<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>";
-        return (StatusCode::SERVICE_UNAVAILABLE, xml).into_response();
-    }
-    let url = format!("{}{}", proxy.moto, uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"));
-    let mut request = proxy.http.request(method, url).body(body);
-    for (name, value) in &headers {
-        if name != "host" {
-            request = request.header(name, value);
-        }
-    }
-    let answer = request.send().await.unwrap();
-    let status = answer.status();
-    let headers = answer.headers().clone();
-    let bytes = answer.bytes().await.unwrap();
-    let mut response = (status, bytes).into_response();
-    *response.headers_mut() = headers;
-    response
-}
-
-/// Ignores endpoint settings from the environment, so one client can be pointed elsewhere
-/// while the other tests keep using `AWS_ENDPOINT_URL`.
-#[derive(Debug)]
-struct NoEnvironment;
-
-impl aws_types::service_config::LoadServiceConfig for NoEnvironment {
-    fn load_config(&self, _key: aws_types::service_config::ServiceConfigKey<'_>) -> Option<String> {
-        None
-    }
-}
-
-/// The relay, built to reach S3 (and SQS) through `proxy_url`.
-async fn relay_through(app: &crate::helpers::TestApp, proxy_url: &str) -> export_relay::handler::Relay {
-    let aws = startup::aws_config()
-        .await
-        .into_builder()
-        .service_config(NoEnvironment)
-        .endpoint_url(proxy_url)
-        .build();
-    startup::build_relay(&app.config, &aws).unwrap()
 }
 
 #[tokio::test]

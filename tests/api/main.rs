@@ -8,6 +8,8 @@ mod hardening;
 mod helpers;
 mod outcomes;
 mod poll;
+mod resume;
+mod s3_proxy;
 mod schedule;
 mod sweep;
 mod webhook;

@@ -1,27 +1,26 @@
 //! The DealMachine exports API and its file host, on one local port.
 //!
 //! Exports move through `pending`, `processing` and `completed` over time, or follow a script
-//! of statuses, one per `GET`. Download URLs are signed and expire. Fault switches make the API
-//! and the downloads misbehave the ways the real ones can.
+//! of statuses, one per `GET`. Download URLs are signed and expire, and lead to the file host in
+//! `files`. Fault switches make the API misbehave the ways the real one can.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::body::Body;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, SecondsFormat, Utc};
-use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::content::{CsvGz, Measured};
+use crate::content::Measured;
+use crate::files::{FileSpec, SimFile};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
@@ -42,25 +41,6 @@ impl Status {
     }
 }
 
-/// How a download misbehaves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DownloadFault {
-    /// Close the connection after this many bytes.
-    CloseAfter(u64),
-    /// Send this many bytes more than the announced size, without a `Content-Length`.
-    ExtraBytes(u64),
-    /// Invert the byte at this offset, keeping the size: a corrupt file.
-    FlipByteAt(u64),
-    /// Pause this long between chunks.
-    Slow(Duration),
-    /// Send this many bytes, then nothing, without closing.
-    StallAfter(u64),
-    /// Answer with this status instead of the file.
-    Status(u16),
-    /// Redirect (302) to this URL.
-    Redirect(&'static str),
-}
-
 /// One API answer to give instead of the real one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApiFault {
@@ -70,19 +50,6 @@ pub enum ApiFault {
     ServerError,
     /// Exactly this answer: for broken or hostile API responses.
     Raw { status: u16, content_type: &'static str, body: String },
-}
-
-#[derive(Debug, Clone)]
-pub struct FileSpec {
-    pub filename: String,
-    pub content: CsvGz,
-    pub fault: Option<DownloadFault>,
-}
-
-impl FileSpec {
-    pub fn csv(filename: &str, seed: u64, rows: u64) -> Self {
-        Self { filename: filename.into(), content: CsvGz { seed, rows, level: 1 }, fault: None }
-    }
 }
 
 /// How an export's status changes.
@@ -125,11 +92,6 @@ impl ExportSpec {
     pub fn completed(files: Vec<FileSpec>) -> Self {
         Self::scripted(&[Status::Completed], files)
     }
-}
-
-struct SimFile {
-    spec: FileSpec,
-    measured: Measured,
 }
 
 struct SimExport {
@@ -282,13 +244,21 @@ impl Default for SimOptions {
     }
 }
 
-/// One request the API saw, for assertions.
+/// One request the API or the file host saw, for assertions.
 #[derive(Debug, Clone)]
 pub struct Seen {
     pub at: std::time::Instant,
     pub method: String,
     pub path: String,
+    pub headers: HeaderMap,
     pub status: u16,
+}
+
+impl Seen {
+    /// A request header, as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
 }
 
 #[derive(Default)]
@@ -350,8 +320,7 @@ impl Simulator {
         let mut inner = self.shared.inner.lock().unwrap();
         inner.counter += 1;
         let id = spec.export_id.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-        let files =
-            spec.files.iter().map(|f| SimFile { spec: f.clone(), measured: f.content.measure() }).collect();
+        let files = spec.files.iter().cloned().map(SimFile::new).collect();
         let created_at = spec.created_at.unwrap_or_else(Utc::now);
         let first = match &spec.lifecycle {
             Lifecycle::Scripted(s) => s.front().copied().unwrap_or(Status::Completed),
@@ -408,9 +377,14 @@ impl Simulator {
 }
 
 impl Shared {
-    fn record(&self, method: &str, path: String, status: StatusCode) {
-        let seen =
-            Seen { at: std::time::Instant::now(), method: method.into(), path, status: status.as_u16() };
+    fn record(&self, method: &str, path: String, headers: &HeaderMap, status: StatusCode) {
+        let seen = Seen {
+            at: std::time::Instant::now(),
+            method: method.into(),
+            path,
+            headers: headers.clone(),
+            status: status.as_u16(),
+        };
         self.inner.lock().unwrap().seen.push(seen);
     }
 
@@ -446,7 +420,7 @@ impl Shared {
         if let Some(ApiFault::Raw { status, content_type, body }) = fault {
             drop(inner);
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            self.record(method, path.into(), status);
+            self.record(method, path.into(), headers, status);
             let response = (status, [(header::CONTENT_TYPE, content_type)], body).into_response();
             return Err(Box::new(response));
         }
@@ -479,7 +453,7 @@ impl Shared {
         match refusal {
             None => Ok(rate),
             Some((status, code, message, retry_after)) => {
-                self.record(method, path.into(), status);
+                self.record(method, path.into(), headers, status);
                 let mut response = error(status, code, &message);
                 response.headers_mut().extend(rate);
                 if let Some(after) = retry_after {
@@ -522,7 +496,7 @@ async fn get_export(State(shared): State<Shared>, Path(id): Path<String>, header
             r
         }
     };
-    shared.record("GET", path, response.status());
+    shared.record("GET", path, &headers, response.status());
     response
 }
 
@@ -567,7 +541,7 @@ async fn list_exports(
         let total = matching.len();
         (matching.into_iter().skip(offset).take(limit).collect::<Vec<_>>(), total)
     };
-    shared.record("GET", path, StatusCode::OK);
+    shared.record("GET", path, &headers, StatusCode::OK);
     let has_more = offset + page.len() < total;
     (rate, Json(json!({"data": page, "pagination": {"limit": limit, "offset": offset, "total": total, "has_more": has_more}}))).into_response()
 }
@@ -600,7 +574,7 @@ async fn create_export(State(shared): State<Shared>, headers: HeaderMap, uri: ax
     let id = sim.add_export(spec);
     let now = Utc::now();
     let data = shared.inner.lock().unwrap().exports[&id].to_json(&shared.base, &options.api_key, now);
-    shared.record("POST", path, StatusCode::CREATED);
+    shared.record("POST", path, &headers, StatusCode::CREATED);
     (StatusCode::CREATED, rate, Json(json!({ "data": data }))).into_response()
 }
 
@@ -614,6 +588,7 @@ async fn download(
     State(shared): State<Shared>,
     Path((id, index)): Path<(String, usize)>,
     Query(q): Query<Signed>,
+    headers: HeaderMap,
 ) -> Response {
     let path = format!("/files/{id}/{index}");
     let now = Utc::now().timestamp();
@@ -623,71 +598,15 @@ async fn download(
         }
         _ => false,
     };
-    let file = {
-        let inner = shared.inner.lock().unwrap();
-        inner.exports.get(&id).and_then(|e| e.files.get(index)).map(|f| (f.spec.clone(), f.measured.clone()))
+    let object = {
+        let mut inner = shared.inner.lock().unwrap();
+        inner.exports.get_mut(&id).and_then(|e| e.files.get_mut(index)).map(SimFile::serve)
     };
-    let response = match file {
+    let response = match object {
         _ if !valid => (StatusCode::FORBIDDEN, "<Error><Code>AccessDenied</Code><Message>Request has expired or the signature does not match.</Message></Error>").into_response(),
         None => (StatusCode::NOT_FOUND, "no such file").into_response(),
-        Some((spec, measured)) => serve_file(spec, measured),
+        Some(object) => object.respond(&headers),
     };
-    shared.record("GET", path, response.status());
-    response
-}
-
-fn serve_file(spec: FileSpec, measured: Measured) -> Response {
-    let fault = spec.fault;
-    match fault {
-        Some(DownloadFault::Status(code)) => {
-            return StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR).into_response();
-        }
-        Some(DownloadFault::Redirect(to)) => {
-            return (StatusCode::FOUND, [(header::LOCATION, to)]).into_response();
-        }
-        _ => {}
-    }
-    let extra = match fault {
-        Some(DownloadFault::ExtraBytes(n)) => Some(bytes::Bytes::from(vec![b'x'; n as usize])),
-        _ => None,
-    };
-    let cut_at = match fault {
-        Some(DownloadFault::CloseAfter(n) | DownloadFault::StallAfter(n)) => n,
-        _ => u64::MAX,
-    };
-    let mut offset = 0u64;
-    let stream = futures::stream::iter(spec.content.chunks().chain(extra)).flat_map(move |chunk| {
-        let start = offset;
-        offset += chunk.len() as u64;
-        let mut items: Vec<Result<bytes::Bytes, std::io::Error>> = Vec::with_capacity(2);
-        match fault {
-            Some(DownloadFault::FlipByteAt(at)) if (start..offset).contains(&at) => {
-                let mut bytes = chunk.to_vec();
-                bytes[(at - start) as usize] ^= 0xff;
-                items.push(Ok(bytes.into()));
-            }
-            _ if offset > cut_at => {
-                items.push(Ok(chunk.slice(..(cut_at.saturating_sub(start) as usize))));
-                items.push(Err(std::io::Error::other("simulated connection drop")));
-            }
-            _ => items.push(Ok(chunk)),
-        }
-        futures::stream::iter(items)
-    });
-    let stream = stream.then(move |item| async move {
-        match (fault, &item) {
-            (Some(DownloadFault::Slow(pause)), _) => tokio::time::sleep(pause).await,
-            (Some(DownloadFault::StallAfter(_)), Err(_)) => std::future::pending::<()>().await,
-            _ => {}
-        }
-        item
-    });
-    let mut response = Body::from_stream(stream).into_response();
-    let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/gzip"));
-    // A host sending extra bytes is one that does not announce a length, as with chunked encoding.
-    if !matches!(fault, Some(DownloadFault::ExtraBytes(_))) {
-        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(measured.size));
-    }
+    shared.record("GET", path, &headers, response.status());
     response
 }

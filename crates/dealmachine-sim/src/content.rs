@@ -3,9 +3,12 @@
 
 use std::io::Write;
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
-use flate2::Compression;
+use crc_fast::{CrcAlgorithm, Digest as CrcDigest};
 use flate2::write::GzEncoder;
+use flate2::{Compression, GzBuilder};
 use sha2::{Digest, Sha256};
 
 const ROWS_PER_CHUNK: u64 = 512;
@@ -36,31 +39,55 @@ pub struct CsvGz {
     pub level: u32,
 }
 
-/// Size and SHA-256 of a file's bytes, computed by generating it once.
+/// Size and digests of a file's bytes, computed by generating it once: SHA-256 as the relay
+/// reports it, CRC32C and MD5 as Google Cloud Storage's `x-goog-hash` does (base64, big-endian).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Measured {
     pub size: u64,
     pub sha256: String,
+    pub crc32c: String,
+    pub md5: String,
+}
+
+impl Measured {
+    pub fn of(chunks: impl IntoIterator<Item = Bytes>) -> Self {
+        let mut sha256 = Sha256::new();
+        let mut crc32c = CrcDigest::new(CrcAlgorithm::Crc32Iscsi);
+        let mut md5 = <md5::Md5 as md5::Digest>::new();
+        let mut size = 0;
+        for chunk in chunks {
+            size += chunk.len() as u64;
+            sha256.update(&chunk);
+            crc32c.update(&chunk);
+            md5::Digest::update(&mut md5, &chunk);
+        }
+        Self {
+            size,
+            sha256: format!("{:x}", sha256.finalize()),
+            crc32c: BASE64.encode((crc32c.finalize() as u32).to_be_bytes()),
+            md5: BASE64.encode(md5::Digest::finalize(md5)),
+        }
+    }
 }
 
 impl CsvGz {
     pub fn chunks(&self) -> Chunks {
+        self.chunks_stamped(0)
+    }
+
+    /// The same CSV with `mtime` in the gzip header: other bytes of the same size and content,
+    /// as a re-uploaded object would be.
+    pub fn chunks_stamped(&self, mtime: u32) -> Chunks {
         Chunks {
             spec: *self,
-            encoder: Some(GzEncoder::new(Vec::new(), Compression::new(self.level))),
+            encoder: Some(GzBuilder::new().mtime(mtime).write(Vec::new(), Compression::new(self.level))),
             next_row: 0,
             header_done: false,
         }
     }
 
     pub fn measure(&self) -> Measured {
-        let mut hash = Sha256::new();
-        let mut size = 0;
-        for chunk in self.chunks() {
-            size += chunk.len() as u64;
-            hash.update(&chunk);
-        }
-        Measured { size, sha256: format!("{:x}", hash.finalize()) }
+        Measured::of(self.chunks())
     }
 }
 

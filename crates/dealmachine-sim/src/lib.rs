@@ -4,10 +4,12 @@
 
 pub mod api;
 pub mod content;
+pub mod files;
 pub mod lambda;
 pub mod receiver;
 
-pub use api::{ApiFault, DownloadFault, ExportSpec, FileSpec, Lifecycle, SimOptions, Simulator, Status};
+pub use api::{ApiFault, ExportSpec, Lifecycle, Seen, SimOptions, Simulator, Status};
 pub use content::CsvGz;
+pub use files::{DownloadFault, FileSpec, HashHeader};
 pub use lambda::LocalLambda;
 pub use receiver::{Answer, Received, Receiver};

@@ -1,0 +1,68 @@
+//! When an invocation must be done, so a copy can stop cleanly before Lambda kills it.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use super::TransferError;
+
+/// The invocation's end, if it has one (tests and tools run without).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Deadline(Option<Instant>);
+
+impl Deadline {
+    /// Time kept back for aborting the upload and answering Lambda.
+    const MARGIN: Duration = Duration::from_secs(5);
+
+    pub const NONE: Self = Self(None);
+
+    pub fn at(instant: Instant) -> Self {
+        Self(Some(instant))
+    }
+
+    /// From Lambda's `Lambda-Runtime-Deadline-Ms`: epoch milliseconds. Some emulators send a
+    /// bare duration instead (cargo-lambda sends `600000`); a value too small to be a date this
+    /// century is read that way.
+    pub fn from_lambda(deadline_ms: u64) -> Self {
+        const YEAR_2001_MS: u64 = 978_307_200_000;
+        let left = if deadline_ms < YEAR_2001_MS {
+            Duration::from_millis(deadline_ms)
+        } else {
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+            Duration::from_millis(deadline_ms).saturating_sub(now)
+        };
+        Self::at(Instant::now() + left)
+    }
+
+    /// Fails if `remaining` bytes, at `rate` bytes a second so far, would not arrive in time.
+    pub(super) fn check(self, remaining: u64, rate: Option<f64>) -> Result<(), TransferError> {
+        let Some(deadline) = self.0 else {
+            return Ok(());
+        };
+        let left = deadline.saturating_duration_since(Instant::now()).saturating_sub(Self::MARGIN);
+        let needed = rate
+            .filter(|r| *r > 0.0)
+            .map_or(Duration::ZERO, |r| Duration::from_secs_f64(remaining as f64 / r));
+        if left.is_zero() || needed > left {
+            return Err(TransferError::OutOfTime { remaining, seconds_left: left.as_secs() });
+        }
+        Ok(())
+    }
+}
+
+/// How fast a copy has gone so far, for the deadline check.
+pub(super) fn rate(bytes: u64, since: Instant) -> f64 {
+    bytes as f64 / since.elapsed().as_secs_f64().max(1e-3)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lambda_deadlines_are_epoch_millis_or_a_bare_duration() {
+        let left = |d: Deadline| d.0.unwrap().saturating_duration_since(Instant::now()).as_secs();
+        let in_a_minute = SystemTime::now().duration_since(UNIX_EPOCH).unwrap() + Duration::from_secs(60);
+        assert!((58..=60).contains(&left(Deadline::from_lambda(in_a_minute.as_millis() as u64))));
+        assert!((598..=600).contains(&left(Deadline::from_lambda(600_000))));
+        assert!(Deadline::from_lambda(1_000_000_000_000).check(0, None).is_err(), "a deadline in the past");
+    }
+}

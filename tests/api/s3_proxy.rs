@@ -1,0 +1,119 @@
+//! A fault proxy in front of moto's S3: what the relay asked S3 to do, and S3 failures on demand.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use export_relay::startup;
+
+type FailWhen = dyn Fn(&str) -> bool + Send + Sync;
+
+/// Stands between the relay and moto: records every request, and answers `503 SlowDown` to
+/// chosen `UploadPart` calls.
+#[derive(Clone)]
+pub struct FaultyS3 {
+    moto: String,
+    http: reqwest::Client,
+    /// Fails the UploadPart tries whose query string satisfies this.
+    fail: Arc<FailWhen>,
+    pub injected: Arc<AtomicUsize>,
+    /// `METHOD path?query` of each request, in order.
+    requests: Arc<Mutex<Vec<String>>>,
+}
+
+impl FaultyS3 {
+    /// A proxy that only records.
+    pub async fn recording() -> (Self, String) {
+        Self::start(|_| false).await
+    }
+
+    pub async fn start(fail: impl Fn(&str) -> bool + Send + Sync + 'static) -> (Self, String) {
+        let proxy = Self {
+            moto: std::env::var("AWS_ENDPOINT_URL").unwrap(),
+            http: reqwest::Client::new(),
+            fail: Arc::new(fail),
+            injected: Arc::default(),
+            requests: Arc::default(),
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let app = axum::Router::new()
+            .fallback(forward)
+            .layer(axum::extract::DefaultBodyLimit::disable())
+            .with_state(proxy.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (proxy, url)
+    }
+
+    /// How many requests of `method` had a query string containing `query`.
+    pub fn count(&self, method: &str, query: &str) -> usize {
+        let requests = self.requests.lock().unwrap();
+        requests.iter().filter(|r| r.starts_with(&format!("{method} ")) && r.contains(query)).count()
+    }
+
+    /// CreateMultipartUpload calls made.
+    pub fn uploads_started(&self) -> usize {
+        self.count("POST", "?uploads")
+    }
+
+    /// AbortMultipartUpload calls made.
+    pub fn uploads_aborted(&self) -> usize {
+        self.count("DELETE", "uploadId=")
+    }
+}
+
+async fn forward(
+    State(proxy): State<FaultyS3>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let query = uri.query().unwrap_or_default();
+    proxy.requests.lock().unwrap().push(format!("{method} {uri}"));
+    let upload_part = method == Method::PUT && query.contains("partNumber=") && query.contains("uploadId=");
+    if upload_part && (proxy.fail)(query) {
+        proxy.injected.fetch_add(1, Ordering::SeqCst);
+        let xml = "<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>";
+        return (StatusCode::SERVICE_UNAVAILABLE, xml).into_response();
+    }
+    let url = format!("{}{}", proxy.moto, uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"));
+    let mut request = proxy.http.request(method, url).body(body);
+    for (name, value) in &headers {
+        if name != "host" {
+            request = request.header(name, value);
+        }
+    }
+    let answer = request.send().await.unwrap();
+    let status = answer.status();
+    let headers = answer.headers().clone();
+    let bytes = answer.bytes().await.unwrap();
+    let mut response = (status, bytes).into_response();
+    *response.headers_mut() = headers;
+    response
+}
+
+/// Ignores endpoint settings from the environment, so one client can be pointed elsewhere
+/// while the other tests keep using `AWS_ENDPOINT_URL`.
+#[derive(Debug)]
+struct NoEnvironment;
+
+impl aws_types::service_config::LoadServiceConfig for NoEnvironment {
+    fn load_config(&self, _key: aws_types::service_config::ServiceConfigKey<'_>) -> Option<String> {
+        None
+    }
+}
+
+/// The relay, built to reach S3 (and SQS) through `proxy_url`.
+pub async fn relay_through(app: &crate::helpers::TestApp, proxy_url: &str) -> export_relay::handler::Relay {
+    let aws = startup::aws_config()
+        .await
+        .into_builder()
+        .service_config(NoEnvironment)
+        .endpoint_url(proxy_url)
+        .build();
+    startup::build_relay(&app.config, &aws).unwrap()
+}
