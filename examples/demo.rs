@@ -70,6 +70,8 @@ async fn run(step: &mut Step, started: Instant) -> Result<()> {
         processing_for: Duration::from_secs(5),
         rows_per_file: 20_000,
         files_per_export: 2,
+        // Each export's first file breaks off once, to show the relay resuming it.
+        cut_first_download_after: Some(300_000),
         ..SimOptions::default()
     };
     let sim = Simulator::start(options, "127.0.0.1:0".parse()?).await?;
@@ -212,6 +214,12 @@ async fn report(
             })
             .collect();
         println!("  {id}: {}", path.join(" -> "));
+    }
+    println!("\nDownloads, as the file host saw them");
+    for get in sim.seen_matching("/files/") {
+        let asked =
+            get.header("range").map_or("whole file".to_string(), |r| format!("Range: {r} (a resume)"));
+        println!("  {}  {asked}  -> {}", get.path, get.status);
     }
     println!("\nObjects in s3://{bucket}");
     let listed = s3.list_objects_v2().bucket(bucket).send().await?;

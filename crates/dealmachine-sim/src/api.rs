@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::content::Measured;
-use crate::files::{FileSpec, SimFile};
+use crate::files::{DownloadFault, FileSpec, SimFile};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
@@ -226,6 +226,9 @@ pub struct SimOptions {
     /// The host name download URLs use, instead of the listening IP address; lets tests allow
     /// one name and see a redirect to another refused.
     pub public_host: Option<String>,
+    /// For exports created by `POST`: the first download of each one's first file breaks off
+    /// after this many bytes, so a client has to resume it.
+    pub cut_first_download_after: Option<u64>,
 }
 
 impl Default for SimOptions {
@@ -240,6 +243,7 @@ impl Default for SimOptions {
             rows_per_file: 5000,
             files_per_export: 2,
             public_host: None,
+            cut_first_download_after: None,
         }
     }
 }
@@ -558,11 +562,15 @@ async fn create_export(State(shared): State<Shared>, headers: HeaderMap, uri: ax
     let date = Utc::now().format("%Y-%m-%d");
     let files = (0..options.files_per_export)
         .map(|i| {
-            FileSpec::csv(
+            let file = FileSpec::csv(
                 &format!("{name}_{date}_part{}.csv.gz", i + 1),
                 seed * 100 + i as u64,
                 options.rows_per_file,
-            )
+            );
+            match options.cut_first_download_after {
+                Some(bytes) if i == 0 => file.with_fault(DownloadFault::CloseAfter(bytes)).once(),
+                _ => file,
+            }
         })
         .collect();
     let spec = ExportSpec {

@@ -4,7 +4,8 @@
 //! ```text
 //! dealmachine-sim --port 8900 --receiver-port 8901 --webhook-secret whsec_... \
 //!     --pending-secs 2 --processing-secs 6 --rows 5000 --files 2 \
-//!     --per-minute-limit 60 --error-rate 0.05 --api-key dm_sk_live_simulator
+//!     --per-minute-limit 60 --error-rate 0.05 --api-key dm_sk_live_simulator \
+//!     --cut-first-download-after 200000
 //! ```
 //!
 //! Then `curl -X POST -H "Authorization: Bearer dm_sk_live_simulator" localhost:8900/v1/properties/export`.
@@ -17,7 +18,7 @@ use dealmachine_sim::{Receiver, SimOptions, Simulator};
 
 const USAGE: &str = "usage: dealmachine-sim [--port N] [--receiver-port N] [--webhook-secret whsec_...] \
 [--api-key KEY] [--pending-secs N] [--processing-secs N] [--rows N] [--files N] \
-[--per-minute-limit N] [--error-rate 0.0-1.0]";
+[--per-minute-limit N] [--error-rate 0.0-1.0] [--cut-first-download-after BYTES]";
 
 #[tokio::main]
 async fn main() {
@@ -55,6 +56,9 @@ async fn run() -> Result<(), String> {
             })
             .transpose()?
             .unwrap_or(0.0),
+        cut_first_download_after: get("cut-first-download-after")
+            .map(|_| number("cut-first-download-after", 0))
+            .transpose()?,
         ..defaults
     };
     let address = |port: u64| -> SocketAddr { SocketAddr::from(([127, 0, 0, 1], port as u16)) };

@@ -1,0 +1,92 @@
+//! The file host answers as Google Cloud Storage does, so the relay's tests against it mean
+//! something: checksum headers, ranges, preconditions on the generation, and transcoding.
+
+use dealmachine_sim::{ExportSpec, FileSpec, SimOptions, Simulator};
+use reqwest::StatusCode;
+use serde_json::Value;
+
+/// A simulator with one completed export of `file`, and that file's signed URL.
+async fn host_with(file: FileSpec) -> (Simulator, String) {
+    let sim = Simulator::start(SimOptions::default(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let id = sim.add_export(ExportSpec::completed(vec![file]));
+    let export: Value = reqwest::Client::new()
+        .get(format!("{}/exports/{id}", sim.api_url()))
+        .bearer_auth(sim.api_key())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    (sim, export["data"]["download_urls"][0]["url"].as_str().unwrap().to_string())
+}
+
+fn header<'a>(response: &'a reqwest::Response, name: &str) -> &'a str {
+    response.headers().get(name).map(|v| v.to_str().unwrap()).unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_whole_object_comes_with_its_checksums_generation_and_length() {
+    let (sim, url) = host_with(FileSpec::csv("a.csv.gz", 1, 500)).await;
+    let response = reqwest::get(&url).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let hash = header(&response, "x-goog-hash").to_string();
+    let length = header(&response, "content-length").to_string();
+    assert_eq!(header(&response, "x-goog-stored-content-length"), length);
+    assert_eq!(header(&response, "x-goog-stored-content-encoding"), "identity");
+    assert!(!header(&response, "x-goog-generation").is_empty());
+    let body = response.bytes().await.unwrap();
+    let (_, expected) = sim_file(&sim);
+    assert_eq!(hash, format!("crc32c={},md5={}", expected.crc32c, expected.md5));
+    assert_eq!(body.len().to_string(), length);
+}
+
+/// The export's one file, as the simulator measured it.
+fn sim_file(sim: &Simulator) -> (String, dealmachine_sim::content::Measured) {
+    let id = sim.seen().iter().find_map(|s| s.path.strip_prefix("/v1/exports/").map(str::to_string)).unwrap();
+    sim.files(&id).remove(0)
+}
+
+#[tokio::test]
+async fn a_range_is_answered_206_and_pinned_reads_of_another_generation_412() {
+    let (_sim, url) = host_with(FileSpec::csv("a.csv.gz", 2, 500)).await;
+    let http = reqwest::Client::new();
+    let whole = http.get(&url).send().await.unwrap();
+    let generation = header(&whole, "x-goog-generation").to_string();
+    let etag = header(&whole, "etag").to_string();
+    let all = whole.bytes().await.unwrap();
+
+    let rest = http.get(&url).header("range", "bytes=100-").header("x-goog-if-generation-match", &generation);
+    let rest = rest.send().await.unwrap();
+    assert_eq!(rest.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(header(&rest, "content-range"), format!("bytes 100-{}/{}", all.len() - 1, all.len()));
+    assert_eq!(rest.bytes().await.unwrap(), all.slice(100..));
+
+    let other = http.get(&url).header("range", "bytes=100-").header("x-goog-if-generation-match", "1");
+    assert_eq!(other.send().await.unwrap().status(), StatusCode::PRECONDITION_FAILED);
+    let stale = http.get(&url).header("range", "bytes=100-").header("if-match", "\"0000\"");
+    assert_eq!(stale.send().await.unwrap().status(), StatusCode::PRECONDITION_FAILED);
+    let current = http.get(&url).header("range", "bytes=100-").header("if-match", &etag);
+    assert_eq!(current.send().await.unwrap().status(), StatusCode::PARTIAL_CONTENT);
+    let past = http.get(&url).header("range", format!("bytes={}-", all.len()));
+    assert_eq!(past.send().await.unwrap().status(), StatusCode::RANGE_NOT_SATISFIABLE);
+}
+
+#[tokio::test]
+async fn an_object_stored_gzip_encoded_is_transcoded_unless_gzip_is_accepted() {
+    let (sim, url) = host_with(FileSpec { stored_gzip: true, ..FileSpec::csv("a.csv.gz", 3, 500) }).await;
+    let (_, stored) = sim_file(&sim);
+    let http = reqwest::Client::new();
+
+    let as_stored = http.get(&url).header("accept-encoding", "gzip").send().await.unwrap();
+    assert_eq!(header(&as_stored, "content-encoding"), "gzip");
+    assert_eq!(as_stored.bytes().await.unwrap().len() as u64, stored.size);
+
+    let transcoded = http.get(&url).header("range", "bytes=10-").send().await.unwrap();
+    assert_eq!(transcoded.status(), StatusCode::OK, "the range is ignored when transcoding");
+    assert_eq!(header(&transcoded, "content-length"), "");
+    assert_eq!(header(&transcoded, "x-goog-stored-content-encoding"), "gzip");
+    let csv = transcoded.bytes().await.unwrap();
+    assert!(csv.starts_with(b"property_id,"));
+    assert_ne!(csv.len() as u64, stored.size);
+}
