@@ -346,7 +346,17 @@ impl Simulator {
         id
     }
 
-    /// Size and SHA-256 of each of an export's files, in order.
+    /// The signed download URLs the API gives for a completed export, in order, without asking
+    /// the API (so without advancing the export's lifecycle).
+    pub fn download_urls(&self, export_id: &str) -> Vec<String> {
+        let inner = self.shared.inner.lock().unwrap();
+        let export =
+            inner.exports[export_id].to_json(&self.shared.base, &self.shared.options.api_key, Utc::now());
+        let urls = export["download_urls"].as_array().cloned().unwrap_or_default();
+        urls.iter().filter_map(|f| f["url"].as_str().map(str::to_string)).collect()
+    }
+
+    /// Size and digests of each of an export's files (of the current generation), in order.
     pub fn files(&self, export_id: &str) -> Vec<(String, Measured)> {
         let inner = self.shared.inner.lock().unwrap();
         inner.exports[export_id].files.iter().map(|f| (f.spec.filename.clone(), f.measured.clone())).collect()

@@ -1,24 +1,17 @@
 //! The file host answers as Google Cloud Storage does, so the relay's tests against it mean
 //! something: checksum headers, ranges, preconditions on the generation, and transcoding.
 
+use dealmachine_sim::content::Measured;
 use dealmachine_sim::{ExportSpec, FileSpec, SimOptions, Simulator};
 use reqwest::StatusCode;
-use serde_json::Value;
 
-/// A simulator with one completed export of `file`, and that file's signed URL.
-async fn host_with(file: FileSpec) -> (Simulator, String) {
+/// A simulator's file host with one object, its signed URL, and what the object holds.
+async fn host_with(file: FileSpec) -> (Simulator, String, Measured) {
     let sim = Simulator::start(SimOptions::default(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
     let id = sim.add_export(ExportSpec::completed(vec![file]));
-    let export: Value = reqwest::Client::new()
-        .get(format!("{}/exports/{id}", sim.api_url()))
-        .bearer_auth(sim.api_key())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    (sim, export["data"]["download_urls"][0]["url"].as_str().unwrap().to_string())
+    let url = sim.download_urls(&id).remove(0);
+    let measured = sim.files(&id).remove(0).1;
+    (sim, url, measured)
 }
 
 fn header<'a>(response: &'a reqwest::Response, name: &str) -> &'a str {
@@ -27,7 +20,7 @@ fn header<'a>(response: &'a reqwest::Response, name: &str) -> &'a str {
 
 #[tokio::test]
 async fn a_whole_object_comes_with_its_checksums_generation_and_length() {
-    let (sim, url) = host_with(FileSpec::csv("a.csv.gz", 1, 500)).await;
+    let (_sim, url, expected) = host_with(FileSpec::csv("a.csv.gz", 1, 500)).await;
     let response = reqwest::get(&url).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     let hash = header(&response, "x-goog-hash").to_string();
@@ -36,20 +29,13 @@ async fn a_whole_object_comes_with_its_checksums_generation_and_length() {
     assert_eq!(header(&response, "x-goog-stored-content-encoding"), "identity");
     assert!(!header(&response, "x-goog-generation").is_empty());
     let body = response.bytes().await.unwrap();
-    let (_, expected) = sim_file(&sim);
     assert_eq!(hash, format!("crc32c={},md5={}", expected.crc32c, expected.md5));
     assert_eq!(body.len().to_string(), length);
 }
 
-/// The export's one file, as the simulator measured it.
-fn sim_file(sim: &Simulator) -> (String, dealmachine_sim::content::Measured) {
-    let id = sim.seen().iter().find_map(|s| s.path.strip_prefix("/v1/exports/").map(str::to_string)).unwrap();
-    sim.files(&id).remove(0)
-}
-
 #[tokio::test]
 async fn a_range_is_answered_206_and_pinned_reads_of_another_generation_412() {
-    let (_sim, url) = host_with(FileSpec::csv("a.csv.gz", 2, 500)).await;
+    let (_sim, url, _) = host_with(FileSpec::csv("a.csv.gz", 2, 500)).await;
     let http = reqwest::Client::new();
     let whole = http.get(&url).send().await.unwrap();
     let generation = header(&whole, "x-goog-generation").to_string();
@@ -74,8 +60,8 @@ async fn a_range_is_answered_206_and_pinned_reads_of_another_generation_412() {
 
 #[tokio::test]
 async fn an_object_stored_gzip_encoded_is_transcoded_unless_gzip_is_accepted() {
-    let (sim, url) = host_with(FileSpec { stored_gzip: true, ..FileSpec::csv("a.csv.gz", 3, 500) }).await;
-    let (_, stored) = sim_file(&sim);
+    let (_sim, url, stored) =
+        host_with(FileSpec { stored_gzip: true, ..FileSpec::csv("a.csv.gz", 3, 500) }).await;
     let http = reqwest::Client::new();
 
     let as_stored = http.get(&url).header("accept-encoding", "gzip").send().await.unwrap();
