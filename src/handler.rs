@@ -18,7 +18,7 @@ use crate::manifest::{Ledger, LedgerError, Manifest, ManifestFile};
 use crate::metrics::Metrics;
 use crate::notify::{Delivery, ErrorInfo, Event, EventData, EventType, FileRef, Notifier, NotifyError};
 use crate::requeue::{self, EnqueueError, Requeuer};
-use crate::transfer::{self, Deadline, Destination, Transfer, TransferError};
+use crate::transfer::{self, Copied, Deadline, Destination, Transfer, TransferError};
 
 /// Exports a schedule checks at once; each may copy files, so keep it modest.
 const SCHEDULE_CONCURRENCY: usize = 4;
@@ -374,9 +374,10 @@ impl Relay {
     /// Copies every file of a completed export, one after another.
     async fn copy_files(&self, export: &Export, deadline: Deadline) -> Result<Vec<ManifestFile>, RelayError> {
         let plan = self.plan(export)?;
+        let mut links = Links::from(export);
         let mut copied = Vec::with_capacity(plan.len());
         for (file, destination) in plan {
-            let done = self.transfer.copy(&file.url, file.size, &destination, deadline).await?;
+            let done = self.copy_file(&mut links, file, &destination, deadline).await?;
             let seconds = done.elapsed.as_secs_f64();
             info!(
                 key = %done.key, bytes = done.size, parts = done.parts, seconds,
@@ -397,6 +398,37 @@ impl Relay {
             });
         }
         Ok(copied)
+    }
+
+    /// Copies one file. Signed links die before their export does (their own `X-Goog-Expires`,
+    /// a rotated signing key), so a link the host refuses is swapped, once per run, for a fresh
+    /// one from the API. Only the API, or a refused fresh link, says the export has expired.
+    async fn copy_file(
+        &self,
+        links: &mut Links,
+        file: &DownloadFile,
+        destination: &Destination,
+        deadline: Deadline,
+    ) -> Result<Copied, RelayError> {
+        match self.transfer.copy(links.url(file), file.size, destination, deadline).await {
+            Err(TransferError::SourceGone(status)) if !links.refreshed => {
+                warn!(%status, file = %file.filename, "the file host refused the link; asking the API for fresh links");
+                self.refresh(links, status).await?;
+                Ok(self.transfer.copy(links.url(file), file.size, destination, deadline).await?)
+            }
+            copied => Ok(copied?),
+        }
+    }
+
+    /// Replaces the links with the API's current ones, unless the API says they are gone.
+    async fn refresh(&self, links: &mut Links, refused: reqwest::StatusCode) -> Result<(), RelayError> {
+        let fetched = self.api.get_export(&ExportId::parse(&links.export_id)?).await?;
+        self.metrics.api_answer(fetched.rate.rate_limited, fetched.rate.remaining);
+        if fetched.export.is_expired(Utc::now()) {
+            return Err(TransferError::SourceGone(refused).into());
+        }
+        *links = Links { refreshed: true, ..Links::from(&fetched.export) };
+        Ok(())
     }
 
     /// Tells downstream how the export ended, and reports it.
@@ -549,6 +581,31 @@ impl Report {
             delay_seconds: None,
             error: None,
         }
+    }
+}
+
+/// Where each of an export's files is downloaded from, by file name: the API's first links, or
+/// the fresh ones it gave after the host refused one.
+struct Links {
+    export_id: String,
+    urls: std::collections::HashMap<String, String>,
+    refreshed: bool,
+}
+
+impl From<&Export> for Links {
+    fn from(export: &Export) -> Self {
+        let files = export.download_urls.iter().flatten();
+        Self {
+            export_id: export.export_id.clone(),
+            urls: files.map(|f| (f.filename.clone(), f.url.clone())).collect(),
+            refreshed: false,
+        }
+    }
+}
+
+impl Links {
+    fn url<'a>(&'a self, file: &'a DownloadFile) -> &'a str {
+        self.urls.get(&file.filename).map_or(&file.url, String::as_str)
     }
 }
 

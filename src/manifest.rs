@@ -21,7 +21,9 @@ const MAX_MANIFEST_BYTES: usize = 8 * 1024 * 1024;
 /// What a relayed export's folder holds, written after every file is in place.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
-    /// The export as the API described it when it was relayed.
+    /// The export as the API described it when it was relayed, with each download URL cut to
+    /// where the file came from: a signed URL's query string is a credential, and anyone who
+    /// can read the bucket can read the manifest.
     pub export: Export,
     pub files: Vec<ManifestFile>,
     /// False when a check failed; `verification_error` says which.
@@ -52,7 +54,7 @@ impl Manifest {
     pub fn new(export: &Export, files: Vec<ManifestFile>) -> Self {
         let verification_error = record_count_mismatch(export.record_count, &files);
         Self {
-            export: export.clone(),
+            export: without_signatures(export),
             files,
             verified: verification_error.is_none(),
             verification_error,
@@ -60,6 +62,20 @@ impl Manifest {
             relay_version: env!("CARGO_PKG_VERSION").to_string(),
         }
     }
+}
+
+fn without_signatures(export: &Export) -> Export {
+    let mut export = export.clone();
+    for file in export.download_urls.iter_mut().flatten() {
+        if let Ok(mut url) = url::Url::parse(&file.url) {
+            url.set_query(None);
+            url.set_fragment(None);
+            file.url = url.to_string();
+        } else {
+            file.url.clear();
+        }
+    }
+    export
 }
 
 /// Compares the API's `record_count` with the rows counted in the files, when both are known.
@@ -242,6 +258,17 @@ mod tests {
             rows,
             source: SourceChecksums::default(),
         }
+    }
+
+    #[test]
+    fn no_signed_url_is_kept() {
+        let mut export: Export =
+            crate::dealmachine::parse_export(include_bytes!("../tests/fixtures/get-export-completed.json"))
+                .unwrap();
+        export.download_urls.as_mut().unwrap()[0].url =
+            "https://storage.googleapis.com/b/o.csv.gz?X-Goog-Signature=abc&X-Goog-Expires=60#x".into();
+        let kept = Manifest::new(&export, vec![]).export.download_urls.unwrap();
+        assert_eq!(kept[0].url, "https://storage.googleapis.com/b/o.csv.gz");
     }
 
     #[test]

@@ -309,12 +309,15 @@ pub(super) fn client(policy: &super::UrlPolicy, idle: Duration) -> Result<reqwes
         .build()
 }
 
-/// A refusal by the file host: the link's own failure, or some other status.
+/// A refusal by the file host: the link's own failure (expired, revoked, or signed with a key
+/// since rotated), or some other status.
 fn refused(status: StatusCode) -> TransferError {
     match status {
-        StatusCode::BAD_REQUEST | StatusCode::FORBIDDEN | StatusCode::NOT_FOUND | StatusCode::GONE => {
-            TransferError::SourceGone(status)
-        }
+        StatusCode::BAD_REQUEST
+        | StatusCode::UNAUTHORIZED
+        | StatusCode::FORBIDDEN
+        | StatusCode::NOT_FOUND
+        | StatusCode::GONE => TransferError::SourceGone(status),
         status => TransferError::SourceStatus(status),
     }
 }

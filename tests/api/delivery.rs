@@ -50,6 +50,22 @@ async fn the_manifest_is_written_last_and_names_every_checked_file() {
 }
 
 #[tokio::test]
+async fn the_manifest_holds_no_signed_url() {
+    let app = spawn_app().await;
+    let id = app.completed(vec![FileSpec::csv("a.csv.gz", 8, 10)]);
+    assert!(app.sim.download_urls(&id)[0].contains("X-Goog-Signature="), "the API's links are signed");
+
+    assert!(app.deliver(&[&id]).await.is_empty());
+
+    let (raw, _) = app.object(&app.key(&id, "manifest.json")).await.unwrap();
+    let text = String::from_utf8(raw).unwrap();
+    assert!(!text.contains("X-Goog-Signature"), "{text}");
+    let manifest: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let url = manifest["export"]["download_urls"][0]["url"].as_str().unwrap();
+    assert!(url.ends_with(&format!("/files/{id}/0")), "where the file came from, without a query: {url}");
+}
+
+#[tokio::test]
 async fn the_crc64nvme_sent_to_s3_is_that_of_the_stored_bytes() {
     // S3 checks the full-object CRC64NVME it is given against what it stored; moto accepts it
     // without echoing it back, so the test checks the value itself against the stored bytes.

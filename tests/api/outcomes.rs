@@ -1,4 +1,7 @@
-//! Exports that end without files: failed and expired, each with its webhook.
+//! Exports that end without files (failed and expired, each with its webhook), and links that
+//! die before their export does.
+
+use std::time::Duration;
 
 use dealmachine_sim::{DownloadFault, ExportSpec, FileSpec, Status};
 use serde_json::json;
@@ -41,17 +44,58 @@ async fn a_completed_export_past_its_expiry_gives_export_expired() {
 }
 
 #[tokio::test]
-async fn a_download_refused_by_the_file_host_gives_export_expired() {
+async fn a_download_refused_even_with_a_fresh_link_gives_export_expired() {
     let app = spawn_app().await;
-    let file = FileSpec { fault: Some(DownloadFault::Status(403)), ..FileSpec::csv("a.csv.gz", 1, 10) };
-    let id = app.completed(vec![file]);
+    for status in [400, 401, 403, 404, 410] {
+        let id =
+            app.completed(vec![FileSpec::csv("a.csv.gz", 1, 10).with_fault(DownloadFault::Status(status))]);
 
-    let report = app.invoke(json!({"export_id": id})).await;
+        let report = app.invoke(json!({"export_id": id})).await;
 
-    assert_eq!(report["outcome"], "expired");
-    let hook = &app.webhooks()[0].body;
-    assert_eq!(hook["type"], "export.expired");
-    assert_eq!(hook["data"]["error"]["code"], "download_link_expired");
+        assert_eq!(report["outcome"], "expired", "{status}");
+        assert_eq!(
+            app.sim.seen_matching(&format!("/v1/exports/{id}")).len(),
+            2,
+            "{status}: fresh links asked for"
+        );
+        assert_eq!(app.sim.seen_matching(&format!("/files/{id}/")).len(), 2, "{status}: and refused too");
+    }
+    let hooks = app.webhooks();
+    assert_eq!(hooks.len(), 5);
+    for hook in hooks {
+        assert_eq!(hook.body["type"], "export.expired");
+        assert_eq!(hook.body["data"]["error"]["code"], "download_link_expired");
+    }
+    assert!(app.file_keys().await.is_empty());
+}
+
+#[tokio::test]
+async fn a_link_that_expires_mid_export_is_refreshed_and_the_file_lands() {
+    let app = spawn_app().await;
+    // Links good for 2 s, and a first file that takes longer than that to download, so the
+    // second file's link is dead by the time its turn comes.
+    let slow =
+        FileSpec::csv("slow.csv.gz", 2, 20_000).with_fault(DownloadFault::Slow(Duration::from_millis(80)));
+    let id = app.sim.add_export(ExportSpec {
+        link_ttl: Some(chrono::Duration::seconds(2)),
+        ..ExportSpec::completed(vec![slow, FileSpec::csv("second.csv.gz", 3, 10)])
+    });
+
+    assert!(app.deliver(&[&id]).await.is_empty());
+
+    let second: Vec<u16> =
+        app.sim.seen_matching(&format!("/files/{id}/1")).iter().map(|s| s.status).collect();
+    assert_eq!(second, vec![403, 200], "refused with the old link, served with the fresh one");
+    assert_eq!(app.sim.seen_matching(&format!("/v1/exports/{id}")).len(), 2, "one request for fresh links");
+    assert_eq!(
+        app.sim.seen_matching(&format!("/files/{id}/0")).len(),
+        1,
+        "the first file is not copied again"
+    );
+    let mut keys = app.file_keys().await;
+    keys.sort();
+    assert_eq!(keys, vec![app.key(&id, "second.csv.gz"), app.key(&id, "slow.csv.gz")]);
+    assert_eq!(app.webhooks()[0].body["type"], "export.completed");
 }
 
 #[tokio::test]

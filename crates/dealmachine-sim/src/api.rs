@@ -69,8 +69,11 @@ pub struct ExportSpec {
     pub name: String,
     pub lifecycle: Lifecycle,
     pub files: Vec<FileSpec>,
-    /// Download links (and the export) expire this long after creation.
+    /// The export (and every link to its files) expires this long after creation.
     pub expires_in: chrono::Duration,
+    /// Each signed link also expires this long after it was signed (GCS's `X-Goog-Expires`),
+    /// often far sooner than the export; `None` for links that last as long as the export.
+    pub link_ttl: Option<chrono::Duration>,
     /// Overrides the real row count, to simulate an API that miscounts.
     pub record_count: Option<u64>,
     pub created_at: Option<DateTime<Utc>>,
@@ -84,6 +87,7 @@ impl ExportSpec {
             lifecycle: Lifecycle::Scripted(statuses.iter().copied().collect()),
             files,
             expires_in: chrono::Duration::days(7),
+            link_ttl: None,
             record_count: None,
             created_at: None,
         }
@@ -162,11 +166,11 @@ impl SimExport {
                 .iter()
                 .enumerate()
                 .map(|(i, f)| {
-                    let path = format!("/files/{}/{i}", self.id);
-                    let expires = expires_at.timestamp();
+                    let lifetime =
+                        self.spec.link_ttl.unwrap_or(expires_at - now).min(chrono::Duration::days(7));
                     json!({
                         "filename": f.spec.filename,
-                        "url": format!("{base}{path}?expires={expires}&signature={}", signature(key, &path, expires)),
+                        "url": signed_url(base, key, &format!("/files/{}/{i}", self.id), now, lifetime),
                         "size": f.measured.size,
                     })
                 })
@@ -203,8 +207,22 @@ fn rfc3339(at: DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
-fn signature(key: &str, path: &str, expires: i64) -> String {
-    format!("{:x}", Sha256::digest(format!("{key}\n{path}\n{expires}")))
+/// A link shaped like a GCS V4 signed URL: signed at `date`, good for `lifetime`. The query
+/// string is the credential, as on the real thing.
+fn signed_url(base: &str, key: &str, path: &str, date: DateTime<Utc>, lifetime: chrono::Duration) -> String {
+    let date = date.format(GOOG_DATE).to_string();
+    let expires = lifetime.num_seconds().max(1);
+    format!(
+        "{base}{path}?X-Goog-Algorithm=GOOG4-RSA-SHA256&X-Goog-Credential=relay-sim%2Fauto%2Fstorage%2Fgoog4_request\
+         &X-Goog-Date={date}&X-Goog-Expires={expires}&X-Goog-SignedHeaders=host&X-Goog-Signature={}",
+        signature(key, path, &date, expires)
+    )
+}
+
+const GOOG_DATE: &str = "%Y%m%dT%H%M%SZ";
+
+fn signature(key: &str, path: &str, date: &str, expires: i64) -> String {
+    format!("{:x}", Sha256::digest(format!("{key}\n{path}\n{date}\n{expires}")))
 }
 
 /// Settings for a simulator.
@@ -598,8 +616,24 @@ async fn create_export(State(shared): State<Shared>, headers: HeaderMap, uri: ax
 
 #[derive(Deserialize)]
 struct Signed {
+    #[serde(rename = "X-Goog-Date")]
+    date: Option<String>,
+    #[serde(rename = "X-Goog-Expires")]
     expires: Option<i64>,
+    #[serde(rename = "X-Goog-Signature")]
     signature: Option<String>,
+}
+
+impl Signed {
+    /// True when the signature is ours and the link has not expired.
+    fn valid(&self, key: &str, path: &str, now: DateTime<Utc>) -> bool {
+        let (Some(date), Some(expires), Some(sig)) = (&self.date, self.expires, &self.signature) else {
+            return false;
+        };
+        let signed_at = chrono::NaiveDateTime::parse_from_str(date, GOOG_DATE).map(|d| d.and_utc());
+        *sig == signature(key, path, date, expires)
+            && signed_at.is_ok_and(|at| now < at + chrono::Duration::seconds(expires))
+    }
 }
 
 async fn download(
@@ -609,13 +643,7 @@ async fn download(
     headers: HeaderMap,
 ) -> Response {
     let path = format!("/files/{id}/{index}");
-    let now = Utc::now().timestamp();
-    let valid = match (q.expires, q.signature.as_deref()) {
-        (Some(expires), Some(sig)) => {
-            sig == signature(&shared.options.api_key, &path, expires) && expires > now
-        }
-        _ => false,
-    };
+    let valid = q.valid(&shared.options.api_key, &path, Utc::now());
     let object = {
         let mut inner = shared.inner.lock().unwrap();
         inner.exports.get_mut(&id).and_then(|e| e.files.get_mut(index)).map(SimFile::serve)
