@@ -55,6 +55,8 @@ pub enum ConfigError {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub api_key: Secret,
+    /// The secret the key was read from, if any: read again when the API refuses the key.
+    pub api_key_secret_arn: Option<String>,
     pub api_url: Url,
     pub bucket: String,
     /// Empty, or ends with `/`.
@@ -130,7 +132,8 @@ impl Config {
         let env = Env(&lookup);
         let allow_insecure_http = env.boolean("ALLOW_INSECURE_HTTP", false)?;
         let poll = PollPolicy {
-            initial_delay: env.seconds("POLL_INITIAL_DELAY_SECONDS", 30, 0..=MAX_SQS_DELAY_SECONDS)?,
+            // At 0 the doubling delay stays 0, and a running export is polled back to back.
+            initial_delay: env.seconds("POLL_INITIAL_DELAY_SECONDS", 30, 1..=MAX_SQS_DELAY_SECONDS)?,
             max_delay: env.seconds("POLL_MAX_DELAY_SECONDS", 900, 1..=MAX_SQS_DELAY_SECONDS)?,
             timeout: env.seconds("POLL_TIMEOUT_SECONDS", 86_400, 1..=30 * 86_400)?,
         };
@@ -145,6 +148,7 @@ impl Config {
             api_key: Secret::new(
                 env.required("DEALMACHINE_API_KEY", "the DealMachine API key (dm_sk_live_...)")?,
             ),
+            api_key_secret_arn: env.optional("DEALMACHINE_API_KEY_SECRET_ARN"),
             api_url: env.url("DEALMACHINE_API_URL", DEFAULT_API_URL, allow_insecure_http)?,
             bucket: env.required("DESTINATION_BUCKET", "the name of the S3 bucket for the files")?,
             prefix: prefix(env.optional("DESTINATION_PREFIX").unwrap_or_else(|| DEFAULT_PREFIX.into()))?,
@@ -362,6 +366,8 @@ mod tests {
             ("DEALMACHINE_API_URL", "not a url"),
             ("DEALMACHINE_API_URL", "http://api.example.com"),
             ("POLL_INITIAL_DELAY_SECONDS", "-1"),
+            ("POLL_INITIAL_DELAY_SECONDS", "0"),
+            ("DOWNLOAD_MAX_RESUMES", "101"),
             ("POLL_MAX_DELAY_SECONDS", "901"),
             ("POLL_TIMEOUT_SECONDS", "soon"),
             ("ALLOW_INSECURE_HTTP", "maybe"),

@@ -1,6 +1,7 @@
 //! The DealMachine exports API, as far as the relay needs it: `GET /exports/{id}`.
 
-use std::time::Duration;
+use std::sync::RwLock;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
@@ -11,11 +12,15 @@ use url::Url;
 use crate::config::{RetryPolicy, Secret};
 use crate::events::ExportId;
 use crate::http::{self, BodyError};
+use crate::secrets::SecretSource;
 
 /// Export answers are small; a larger body means a broken or hostile server.
 const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 /// An export names its files; thousands of them is not an export we know how to handle.
 pub const MAX_FILES: usize = 1000;
+/// After a 401, the key is read again from Secrets Manager at most this often per instance, so a
+/// key that is really wrong costs one secret read a minute, not one per record.
+const KEY_REREAD_INTERVAL: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -99,7 +104,9 @@ pub enum ApiError {
     NotFound(ApiMessage),
     #[error("this API key may not read the export (403) [{0}]")]
     Forbidden(ApiMessage),
-    #[error("the API key was refused (401): set a valid key in DEALMACHINE_API_KEY [{0}]")]
+    #[error(
+        "the API key was refused (401), also after reading it again where it is kept: set a valid key in DEALMACHINE_API_KEY or the secret DEALMACHINE_API_KEY_SECRET_ARN names; SQS will deliver the record again [{0}]"
+    )]
     Unauthorized(ApiMessage),
     #[error("rate limited by the DealMachine API (429), retry after {:?} [{message}]", rate.throttled_for)]
     RateLimited { rate: Box<RateInfo>, message: ApiMessage },
@@ -112,9 +119,11 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    /// True when asking again can never succeed, so the record should not be retried.
+    /// True when asking again can never succeed, so the record should not be retried. A 401
+    /// is not: the key may be mid-rotation, or DealMachine's auth may be having a bad minute, and
+    /// the records it refuses include running exports whose poll chains must not end.
     pub fn is_permanent(&self) -> bool {
-        matches!(self, Self::NotFound(_) | Self::Forbidden(_) | Self::Unauthorized(_))
+        matches!(self, Self::NotFound(_) | Self::Forbidden(_))
             || matches!(self, Self::Status { status, .. } if *status == StatusCode::BAD_REQUEST)
     }
 
@@ -163,13 +172,28 @@ impl std::fmt::Display for ApiMessage {
 pub struct DealMachineClient {
     http: reqwest::Client,
     base: Url,
-    key: Secret,
+    key: RwLock<Secret>,
+    /// Where the key is kept, to read it again after a 401.
+    key_source: Option<KeySource>,
     retry: RetryPolicy,
+}
+
+/// The key's secret, and when it was last read again.
+struct KeySource {
+    secret: SecretSource,
+    last_read: tokio::sync::Mutex<Option<Instant>>,
 }
 
 impl DealMachineClient {
     pub fn new(http: reqwest::Client, base: Url, key: Secret, retry: RetryPolicy) -> Self {
-        Self { http, base, key, retry }
+        Self { http, base, key: RwLock::new(key), key_source: None, retry }
+    }
+
+    /// Reads the key again from `secret` when the API refuses it, so a rotation reaches a warm
+    /// environment without waiting for a cold start.
+    pub fn with_key_source(self, secret: SecretSource) -> Self {
+        let source = KeySource { secret, last_read: tokio::sync::Mutex::new(None) };
+        Self { key_source: Some(source), ..self }
     }
 
     pub async fn get_export(&self, id: &ExportId) -> Result<Fetched, ApiError> {
@@ -201,14 +225,58 @@ impl DealMachineClient {
         Ok((parse_page(&body)?, rate))
     }
 
-    /// A `GET` with the key, short retries, a size cap, and DealMachine's error shape read.
+    /// A `GET` with the key, short retries, a size cap, and DealMachine's error shape read. A
+    /// 401 is asked once more if the key turns out to have changed where it is kept.
     async fn get(&self, segments: &[&str], query: &[(&str, String)]) -> Result<(Bytes, RateInfo), ApiError> {
         let mut url = self.url(segments);
         if !query.is_empty() {
             url.query_pairs_mut().extend_pairs(query);
         }
+        let key = self.key();
+        match self.get_with(&url, &key).await {
+            Err(ApiError::Unauthorized(message)) => match self.fresh_key(&key).await {
+                Some(fresh) => self.get_with(&url, &fresh).await,
+                None => Err(ApiError::Unauthorized(message)),
+            },
+            answer => answer,
+        }
+    }
+
+    fn key(&self) -> Secret {
+        self.key.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+
+    /// A key other than the refused one: already replaced by another request, or read again
+    /// from Secrets Manager if the last read is old enough. `None` when there is nothing new.
+    async fn fresh_key(&self, refused: &Secret) -> Option<Secret> {
+        let source = self.key_source.as_ref()?;
+        let mut last_read = source.last_read.lock().await;
+        let current = self.key();
+        if current != *refused {
+            return Some(current);
+        }
+        if last_read.is_some_and(|at| at.elapsed() < KEY_REREAD_INTERVAL) {
+            return None;
+        }
+        *last_read = Some(Instant::now());
+        let read = match source.secret.read().await {
+            Ok(value) => Secret::new(value),
+            Err(e) => {
+                tracing::warn!(error = %e, "the API refused the key, and reading it again failed");
+                return None;
+            }
+        };
+        if read == *refused {
+            return None;
+        }
+        tracing::info!("the API refused the key; read a new one from Secrets Manager");
+        *self.key.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = read.clone();
+        Some(read)
+    }
+
+    async fn get_with(&self, url: &Url, key: &Secret) -> Result<(Bytes, RateInfo), ApiError> {
         let sent = http::send_with_retry(&self.retry, is_transient, || {
-            self.http.get(url.clone()).bearer_auth(self.key.expose())
+            self.http.get(url.clone()).bearer_auth(key.expose())
         })
         .await
         .map_err(|e| ApiError::Transport(e.without_url()))?;
@@ -361,7 +429,10 @@ mod tests {
         assert!(err.to_string().contains("request_id=req_1"), "{err}");
         let err = error_for(StatusCode::BAD_GATEWAY, b"<html>", RateInfo::default());
         assert!(!err.is_permanent());
-        assert!(error_for(StatusCode::UNAUTHORIZED, b"", RateInfo::default()).is_permanent());
+        assert!(
+            !error_for(StatusCode::UNAUTHORIZED, b"", RateInfo::default()).is_permanent(),
+            "a key mid-rotation"
+        );
     }
 
     #[test]

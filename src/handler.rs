@@ -505,6 +505,7 @@ impl Relay {
             Err(e) if e.is_permanent() => self.set_aside(&record, &e).await,
             Err(e) => {
                 warn!(code = e.code(), error = %e, "record failed; SQS will deliver it again");
+                self.metrics.record_failed(e.code());
                 false
             }
         }

@@ -24,6 +24,8 @@ pub mod name {
     pub const WEBHOOK_ATTEMPTS: &str = "WebhookAttempts";
     pub const WEBHOOK_FAILURES: &str = "WebhookFailures";
     pub const API_RATE_LIMITED: &str = "ApiRateLimited";
+    /// Count, with dimension `Code`: records reported as failed for SQS to deliver again.
+    pub const RECORD_FAILURES: &str = "RecordFailures";
     /// A download that broke off and went on from the first byte not received.
     pub const DOWNLOAD_RESUMES: &str = "DownloadResumes";
     /// A download started again from byte 0: the host ignored a range, the object changed, or
@@ -89,6 +91,10 @@ impl Metrics {
             &[],
             &[(name::BYTES_COPIED, bytes as f64, Unit::Bytes), (name::COPY_SECONDS, seconds, Unit::Seconds)],
         );
+    }
+
+    pub fn record_failed(&self, code: &str) {
+        self.emit(&[("Code", code)], &[(name::RECORD_FAILURES, 1.0, Unit::Count)]);
     }
 
     pub fn download_resumed(&self) {

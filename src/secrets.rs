@@ -1,6 +1,8 @@
 //! Secrets from AWS Secrets Manager, read once per cold start and kept for the life of the
-//! process. A rotated secret reaches new cold starts; during a webhook secret rotation, keep
-//! both `whsec_` values in the secret, space-separated, until consumers have switched.
+//! process. A rotated secret reaches new cold starts; the API key is also read again when the
+//! API refuses it (see `dealmachine`), so a rotation reaches warm environments too. During a
+//! webhook secret rotation, keep both `whsec_` values in the secret, space-separated, until
+//! consumers have switched.
 
 use std::collections::HashMap;
 
@@ -27,18 +29,36 @@ pub async fn fetch(
 ) -> Result<HashMap<&'static str, String>, SecretError> {
     let set = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
     let mut values = HashMap::new();
-    let mut client = None;
     for (arn_var, value_var) in SECRET_SETTINGS {
         let Some(arn) = set(arn_var) else { continue };
         if set(value_var).is_some() {
             return Err(SecretError::Both { arn_var, value_var });
         }
-        let client = client.get_or_insert_with(|| aws_sdk_secretsmanager::Client::new(aws));
-        let output = client.get_secret_value().secret_id(&arn).send().await.map_err(|e| {
+        values.insert(value_var, SecretSource::new(aws, arn_var, arn).read().await?);
+    }
+    Ok(values)
+}
+
+/// One secret in Secrets Manager, named by the setting that gave its ARN.
+#[derive(Clone)]
+pub struct SecretSource {
+    client: aws_sdk_secretsmanager::Client,
+    arn_var: &'static str,
+    arn: String,
+}
+
+impl SecretSource {
+    pub fn new(aws: &aws_config::SdkConfig, arn_var: &'static str, arn: String) -> Self {
+        Self { client: aws_sdk_secretsmanager::Client::new(aws), arn_var, arn }
+    }
+
+    /// The secret's text value, trimmed.
+    pub async fn read(&self) -> Result<String, SecretError> {
+        let (arn_var, arn) = (self.arn_var, self.arn.clone());
+        let output = self.client.get_secret_value().secret_id(&arn).send().await.map_err(|e| {
             SecretError::Fetch { arn_var, arn: arn.clone(), message: DisplayErrorContext(e).to_string() }
         })?;
         let value = output.secret_string.ok_or(SecretError::NotText { arn_var, arn })?;
-        values.insert(value_var, value.trim().to_string());
+        Ok(value.trim().to_string())
     }
-    Ok(values)
 }

@@ -10,7 +10,7 @@ use crate::manifest::Ledger;
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::requeue::Requeuer;
-use crate::secrets::{self, SecretError};
+use crate::secrets::{self, SecretError, SecretSource};
 use crate::transfer::{Transfer, UrlPolicy};
 
 #[derive(Debug, thiserror::Error)]
@@ -56,13 +56,13 @@ pub fn build_relay(config: &Config, aws: &SdkConfig) -> Result<Relay, StartupErr
     let policy =
         UrlPolicy { hosts: config.download_hosts.clone(), allow_insecure_http: config.allow_insecure_http };
     let metrics = Metrics::stdout(&config.metrics_namespace);
+    let mut api =
+        DealMachineClient::new(api_http, config.api_url.clone(), config.api_key.clone(), config.api_retry);
+    if let Some(arn) = &config.api_key_secret_arn {
+        api = api.with_key_source(SecretSource::new(aws, "DEALMACHINE_API_KEY_SECRET_ARN", arn.clone()));
+    }
     Ok(Relay {
-        api: DealMachineClient::new(
-            api_http,
-            config.api_url.clone(),
-            config.api_key.clone(),
-            config.api_retry,
-        ),
+        api,
         ledger: Ledger::new(s3.clone(), config.bucket.clone(), config.prefix.clone()),
         transfer: Transfer::new(s3, config.bucket.clone(), policy, config.part_size, config.parts_in_flight)?
             .with_idle_timeout(config.download_idle_timeout)?

@@ -3,6 +3,7 @@
 
 mod batch;
 mod copy;
+mod credentials;
 mod delivery;
 mod hardening;
 mod helpers;

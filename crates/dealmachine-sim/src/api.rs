@@ -285,6 +285,8 @@ impl Seen {
 
 #[derive(Default)]
 struct Inner {
+    /// The key accepted since the last `rotate_key`.
+    rotated_key: Option<String>,
     exports: HashMap<String, SimExport>,
     order: Vec<String>,
     faults: VecDeque<ApiFault>,
@@ -333,8 +335,14 @@ impl Simulator {
         format!("{}/v1", self.shared.base)
     }
 
+    /// The key the simulator started with.
     pub fn api_key(&self) -> &str {
         &self.shared.options.api_key
+    }
+
+    /// From now on, only `key` is accepted, as after a rotation on DealMachine's side.
+    pub fn rotate_key(&self, key: &str) {
+        self.shared.inner.lock().unwrap().rotated_key = Some(key.to_string());
     }
 
     /// Adds an export and returns its ID.
@@ -444,10 +452,11 @@ impl Shared {
         ] {
             rate.insert(name, HeaderValue::from_str(&value).expect("ascii"));
         }
+        let key = inner.rotated_key.as_deref().unwrap_or(&self.options.api_key);
         let authorized = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v == format!("Bearer {}", self.options.api_key));
+            .is_some_and(|v| v == format!("Bearer {key}"));
         let fault = if authorized { inner.faults.pop_front() } else { None };
         if let Some(ApiFault::Raw { status, content_type, body }) = fault {
             drop(inner);
