@@ -86,6 +86,9 @@ pub struct Config {
     /// `part_size * (parts_in_flight + files copying at once)`.
     pub parts_in_flight: usize,
     pub api_retry: RetryPolicy,
+    /// Certificates trusted for downloads beside the system's roots. No setting fills it: it is
+    /// for code that embeds the relay, and for tests against a file host with its own CA.
+    pub download_roots: Vec<reqwest::Certificate>,
 }
 
 #[derive(Debug, Clone)]
@@ -184,6 +187,7 @@ impl Config {
             )? as u32,
             parts_in_flight: env.number("PARTS_IN_FLIGHT", 4, 1..=64)? as usize,
             api_retry: RetryPolicy::API,
+            download_roots: Vec::new(),
         })
     }
 

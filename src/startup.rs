@@ -66,6 +66,7 @@ pub fn build_relay(config: &Config, aws: &SdkConfig) -> Result<Relay, StartupErr
         ledger: Ledger::new(s3.clone(), config.bucket.clone(), config.prefix.clone()),
         transfer: Transfer::new(s3, config.bucket.clone(), policy, config.part_size, config.parts_in_flight)?
             .with_idle_timeout(config.download_idle_timeout)?
+            .with_root_certificates(config.download_roots.clone())?
             .with_max_resumes(config.download_max_resumes)
             .with_metrics(metrics.clone()),
         notifier: config.webhook.as_ref().map(Notifier::new).transpose()?,

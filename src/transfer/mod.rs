@@ -196,6 +196,9 @@ pub struct Transfer {
     policy: UrlPolicy,
     part_size: usize,
     part_slots: Arc<Semaphore>,
+    idle_timeout: Duration,
+    /// Trusted beside the system's roots, for a file host with a private certificate.
+    roots: Vec<reqwest::Certificate>,
     max_resumes: u32,
     metrics: Metrics,
 }
@@ -210,11 +213,13 @@ impl Transfer {
     ) -> Result<Self, reqwest::Error> {
         Ok(Self {
             s3,
-            http: source::client(&policy, DEFAULT_IDLE_TIMEOUT)?,
+            http: source::client(&policy, DEFAULT_IDLE_TIMEOUT, &[])?,
             bucket,
             policy,
             part_size,
             part_slots: Arc::new(Semaphore::new(parts_in_flight)),
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            roots: Vec::new(),
             max_resumes: DEFAULT_MAX_RESUMES,
             metrics: Metrics::stdout(crate::metrics::DEFAULT_NAMESPACE),
         })
@@ -223,7 +228,16 @@ impl Transfer {
     /// Gives up on a download that sends nothing for `idle` (and resumes it, within the
     /// budget); the invocation's deadline bounds the whole copy.
     pub fn with_idle_timeout(self, idle: Duration) -> Result<Self, reqwest::Error> {
-        Ok(Self { http: source::client(&self.policy, idle)?, ..self })
+        Self { idle_timeout: idle, ..self }.rebuilt()
+    }
+
+    /// Trusts `roots` beside the system's, for a file host whose certificate a private CA signed.
+    pub fn with_root_certificates(self, roots: Vec<reqwest::Certificate>) -> Result<Self, reqwest::Error> {
+        Self { roots, ..self }.rebuilt()
+    }
+
+    fn rebuilt(self) -> Result<Self, reqwest::Error> {
+        Ok(Self { http: source::client(&self.policy, self.idle_timeout, &self.roots)?, ..self })
     }
 
     /// How many times one file's download may resume or start again.
@@ -302,12 +316,14 @@ impl Transfer {
         timing: (Instant, Deadline),
         recoveries: &Arc<Recoveries>,
     ) -> Result<(usize, Inspection), TransferError> {
+        // The slot comes first, so a download is asked for only when its bytes have somewhere
+        // to go: an answer left unread would hold its connection's flow-control window.
+        let slot = self.slot().await;
         let (download, announced) =
             Download::open(&self.http, url, expected_size, recoveries.clone(), timing, self.metrics.clone())
                 .await?;
         let inspector = Inspector::for_file(&destination.filename, announced);
         let mut body = PartReader::new(download.into_stream(), expected_size, self.part_size, inspector);
-        let slot = self.slot().await;
         let first = body.next_part().await?;
         if body.finished() {
             let inspection = body.inspection().await?;

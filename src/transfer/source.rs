@@ -295,18 +295,32 @@ impl StoredObject {
     }
 }
 
-/// The download client: it asks for the stored bytes and never decodes them on the way, so a
+/// The download client. It asks for the stored bytes and never decodes them on the way, so a
 /// gzip object lands byte for byte and its checksums still apply. Redirects follow `policy`.
-pub(super) fn client(policy: &super::UrlPolicy, idle: Duration) -> Result<reqwest::Client, reqwest::Error> {
+///
+/// It speaks HTTP/1.1 only, so each download has a connection, and flow control, of its own. Over
+/// HTTP/2 every download from one host shares one connection window: a copy waiting for a part
+/// slot stops reading, its stream keeps taking the window's credit, and with enough of them the
+/// copies that hold the slots receive nothing at all until the idle timeout. On HTTP/1.1 an
+/// unread download stalls only itself (TCP pushes back on its own connection).
+pub(super) fn client(
+    policy: &super::UrlPolicy,
+    idle: Duration,
+    roots: &[reqwest::Certificate],
+) -> Result<reqwest::Client, reqwest::Error> {
     let headers = HeaderMap::from_iter([(header::ACCEPT_ENCODING, header::HeaderValue::from_static("gzip"))]);
-    reqwest::Client::builder()
+    let builder = reqwest::Client::builder()
+        .http1_only()
         .redirect(policy.clone().redirects())
         .default_headers(headers)
         .no_gzip()
         .connect_timeout(Duration::from_secs(10))
         .read_timeout(idle)
-        .user_agent(crate::USER_AGENT)
-        .build()
+        .user_agent(crate::USER_AGENT);
+    match roots {
+        [] => builder.build(),
+        roots => builder.tls_certs_merge(roots.iter().cloned()).build(),
+    }
 }
 
 /// A refusal by the file host: the link's own failure (expired, revoked, or signed with a key

@@ -7,6 +7,7 @@ mod credentials;
 mod delivery;
 mod hardening;
 mod helpers;
+mod http2;
 mod outcomes;
 mod poll;
 mod resume;

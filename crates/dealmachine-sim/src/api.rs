@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Version, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -247,6 +247,9 @@ pub struct SimOptions {
     /// For exports created by `POST`: the first download of each one's first file breaks off
     /// after this many bytes, so a client has to resume it.
     pub cut_first_download_after: Option<u64>,
+    /// Serves download URLs over TLS on a port of their own, offering HTTP/2 (ALPN `h2`) as
+    /// Google Cloud Storage does. The API stays plain HTTP.
+    pub files_over_tls: bool,
 }
 
 impl Default for SimOptions {
@@ -262,6 +265,7 @@ impl Default for SimOptions {
             files_per_export: 2,
             public_host: None,
             cut_first_download_after: None,
+            files_over_tls: false,
         }
     }
 }
@@ -273,6 +277,8 @@ pub struct Seen {
     pub method: String,
     pub path: String,
     pub headers: HeaderMap,
+    /// The HTTP version of a download request (API requests leave it unset).
+    pub version: Option<Version>,
     pub status: u16,
 }
 
@@ -300,6 +306,8 @@ struct Shared {
     inner: Arc<Mutex<Inner>>,
     options: Arc<SimOptions>,
     base: String,
+    /// Where download URLs point: the API's own base, or the TLS listener's.
+    files_base: String,
 }
 
 /// A running simulator. It stops when dropped with the runtime that started it.
@@ -307,6 +315,7 @@ struct Shared {
 pub struct Simulator {
     shared: Shared,
     pub addr: SocketAddr,
+    ca_pem: Option<String>,
 }
 
 impl Simulator {
@@ -314,11 +323,17 @@ impl Simulator {
     pub async fn start(options: SimOptions, addr: SocketAddr) -> std::io::Result<Self> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
-        let shared = Shared {
-            inner: Arc::default(),
-            base: format!("http://{}:{}", options.public_host.as_deref().unwrap_or("127.0.0.1"), addr.port()),
-            options: Arc::new(options),
+        let host = options.public_host.clone().unwrap_or_else(|| "127.0.0.1".into());
+        let base = format!("http://{host}:{}", addr.port());
+        let tls_listener = match options.files_over_tls {
+            true => Some(tokio::net::TcpListener::bind((addr.ip(), 0)).await?),
+            false => None,
         };
+        let files_base = match &tls_listener {
+            Some(tls) => format!("https://{host}:{}", tls.local_addr()?.port()),
+            None => base.clone(),
+        };
+        let shared = Shared { inner: Arc::default(), base, files_base, options: Arc::new(options) };
         let app = Router::new()
             .route("/v1/exports", get(list_exports))
             .route("/v1/exports/{id}", get(get_export))
@@ -326,8 +341,14 @@ impl Simulator {
             .route("/v1/people/export", post(create_export))
             .route("/files/{id}/{index}", get(download))
             .with_state(shared.clone());
+        let ca_pem = tls_listener.map(|tls| crate::tls::serve(tls, app.clone())).transpose()?;
         tokio::spawn(async move { axum::serve(listener, app).await });
-        Ok(Self { shared, addr })
+        Ok(Self { shared, addr, ca_pem })
+    }
+
+    /// With `files_over_tls`: the file host's certificate, as PEM, for a client to trust.
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.ca_pem.as_deref()
     }
 
     /// The API base URL, as `DEALMACHINE_API_URL` takes it.
@@ -376,8 +397,11 @@ impl Simulator {
     /// the API (so without advancing the export's lifecycle).
     pub fn download_urls(&self, export_id: &str) -> Vec<String> {
         let inner = self.shared.inner.lock().unwrap();
-        let export =
-            inner.exports[export_id].to_json(&self.shared.base, &self.shared.options.api_key, Utc::now());
+        let export = inner.exports[export_id].to_json(
+            &self.shared.files_base,
+            &self.shared.options.api_key,
+            Utc::now(),
+        );
         let urls = export["download_urls"].as_array().cloned().unwrap_or_default();
         urls.iter().filter_map(|f| f["url"].as_str().map(str::to_string)).collect()
     }
@@ -418,11 +442,23 @@ impl Simulator {
 
 impl Shared {
     fn record(&self, method: &str, path: String, headers: &HeaderMap, status: StatusCode) {
+        self.record_version(method, path, headers, None, status);
+    }
+
+    fn record_version(
+        &self,
+        method: &str,
+        path: String,
+        headers: &HeaderMap,
+        version: Option<Version>,
+        status: StatusCode,
+    ) {
         let seen = Seen {
             at: std::time::Instant::now(),
             method: method.into(),
             path,
             headers: headers.clone(),
+            version,
             status: status.as_u16(),
         };
         self.inner.lock().unwrap().seen.push(seen);
@@ -526,7 +562,7 @@ async fn get_export(State(shared): State<Shared>, Path(id): Path<String>, header
         let mut inner = shared.inner.lock().unwrap();
         inner.exports.get_mut(&id).map(|export| {
             export.advance(now);
-            export.to_json(&shared.base, &shared.options.api_key, now)
+            export.to_json(&shared.files_base, &shared.options.api_key, now)
         })
     };
     let response = match body {
@@ -576,7 +612,7 @@ async fn list_exports(
                 export.advance(now);
             }
             if q.status.as_deref().is_none_or(|s| s == export.current.as_str()) {
-                matching.push(export.to_json(&shared.base, &shared.options.api_key, now));
+                matching.push(export.to_json(&shared.files_base, &shared.options.api_key, now));
             }
         }
         let total = matching.len();
@@ -615,10 +651,10 @@ async fn create_export(State(shared): State<Shared>, headers: HeaderMap, uri: ax
         lifecycle: Lifecycle::Timed { pending: options.pending_for, processing: options.processing_for },
         ..ExportSpec::completed(files)
     };
-    let sim = Simulator { shared: shared.clone(), addr: "0.0.0.0:0".parse().expect("addr") };
+    let sim = Simulator { shared: shared.clone(), addr: "0.0.0.0:0".parse().expect("addr"), ca_pem: None };
     let id = sim.add_export(spec);
     let now = Utc::now();
-    let data = shared.inner.lock().unwrap().exports[&id].to_json(&shared.base, &options.api_key, now);
+    let data = shared.inner.lock().unwrap().exports[&id].to_json(&shared.files_base, &options.api_key, now);
     shared.record("POST", path, &headers, StatusCode::CREATED);
     (StatusCode::CREATED, rate, Json(json!({ "data": data }))).into_response()
 }
@@ -649,6 +685,7 @@ async fn download(
     State(shared): State<Shared>,
     Path((id, index)): Path<(String, usize)>,
     Query(q): Query<Signed>,
+    version: Version,
     headers: HeaderMap,
 ) -> Response {
     let path = format!("/files/{id}/{index}");
@@ -662,6 +699,6 @@ async fn download(
         None => (StatusCode::NOT_FOUND, "no such file").into_response(),
         Some(object) => object.respond(&headers),
     };
-    shared.record("GET", path, &headers, response.status());
+    shared.record_version("GET", path, &headers, Some(version), response.status());
     response
 }

@@ -7,6 +7,7 @@ pub mod content;
 pub mod files;
 pub mod lambda;
 pub mod receiver;
+mod tls;
 
 pub use api::{ApiFault, ExportSpec, Lifecycle, Seen, SimOptions, Simulator, Status};
 pub use content::CsvGz;
