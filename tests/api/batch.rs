@@ -56,7 +56,10 @@ async fn a_mixed_batch_reports_exactly_the_records_worth_retrying() {
 #[tokio::test]
 async fn records_of_a_batch_run_concurrently() {
     let slow = Duration::from_millis(300);
-    let app = spawn_app().await;
+    // A part slot for each record: a copy takes its slot before it asks for the file, so with
+    // fewer slots than records the last ones would rightly wait.
+    let app =
+        spawn_app_with(Setup { env: vec![("PARTS_IN_FLIGHT", "5".into())], ..Default::default() }).await;
     let ids: Vec<String> = (0..5)
         .map(|i| {
             app.completed(vec![FileSpec {
