@@ -11,7 +11,7 @@ mod helpers;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use aws_sdk_sqs::types::MessageSystemAttributeName;
+use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
 use dealmachine_sim::{ExportSpec, FileSpec, LocalLambda, Receiver, SimOptions, Simulator, Status};
 use helpers::{WEBHOOK_SECRET, assert_valid_event, sha256, test_s3_client};
 use serde_json::{Value, json};
@@ -143,6 +143,14 @@ impl World {
         output.unwrap().arn.unwrap()
     }
 
+    /// Messages on `queue_url`, counted without receiving them.
+    async fn waiting(&self, queue_url: &str) -> u64 {
+        let name = QueueAttributeName::ApproximateNumberOfMessages;
+        let output = self.sqs.get_queue_attributes().queue_url(queue_url).attribute_names(name.clone());
+        let attributes = output.send().await.unwrap().attributes.unwrap_or_default();
+        attributes.get(&name).map_or(0, |n| n.parse().unwrap())
+    }
+
     /// Puts `export` on the stack's queue, with a record that can never succeed, and runs the
     /// function as Lambda's poller would until the export's webhook arrives; then checks what
     /// reached the bucket, the webhook and the dead-letter queue. Returns the export's ID and
@@ -167,7 +175,9 @@ impl World {
             let response;
             (response, logs) = function.poll(self).await;
             assert_eq!(response, json!({"batchItemFailures": []}), "{logs}");
-            if !self.receiver.received().is_empty() {
+            if !self.receiver.received().is_empty()
+                && self.waiting(&stack.output("DeadLetterQueueUrl")).await > 0
+            {
                 break;
             }
         }
@@ -456,12 +466,10 @@ fn policies_of<'a>(resources: &'a serde_json::Map<String, Value>, role: &str) ->
         .collect();
     for (name, resource) in resources {
         let kind = resource["Type"].as_str().unwrap();
-        let attached = resource["Properties"]["Roles"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .chain(resource["Properties"].get("RoleName").into_iter());
-        if attached.into_iter().any(|r| render(r) == role) {
+        let properties = &resource["Properties"];
+        let mut attached =
+            properties["Roles"].as_array().into_iter().flatten().chain(properties.get("RoleName"));
+        if attached.any(|r| render(r) == role) {
             assert!(
                 matches!(kind, "AWS::IAM::Policy" | "AWS::IAM::RolePolicy"),
                 "{name} ({kind}) grants the role more"
