@@ -484,12 +484,12 @@ fn policies_of<'a>(resources: &'a serde_json::Map<String, Value>, role: &str) ->
 /// The operation names of the AWS SDK crates export-relay depends on, as `.name()` calls found
 /// in `src/`. Names come from the crates' own `src/operation/` folders, so no call is missed.
 fn aws_calls_in_src() -> BTreeSet<String> {
-    // Only this platform's packages: those are the ones the build has already downloaded.
+    // Only this platform's packages: the build has downloaded those already.
     let rustc = std::process::Command::new("rustc").arg("-vV").output().expect("rustc runs");
     let rustc = String::from_utf8(rustc.stdout).unwrap();
     let host = rustc.lines().find_map(|l| l.strip_prefix("host: ")).expect("rustc names its host");
     let metadata = std::process::Command::new(env!("CARGO"))
-        .args(["metadata", "--format-version", "1", "--locked", "--offline", "--filter-platform", host])
+        .args(["metadata", "--format-version", "1", "--locked", "--filter-platform", host])
         .arg("--manifest-path")
         .arg(format!("{ROOT}/Cargo.toml"))
         .output()
