@@ -2,6 +2,7 @@
 SHELL := /bin/bash
 VENV := .venv
 LINT_VENV := .venv-lint
+CHECKOV_VENV := .venv-checkov
 BENCH_VENV := .venv-bench
 BENCH_EXAMPLES := $(foreach e,bench_copy bench_gen bench_serve bench_sim bench_poll,--example $(e))
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
@@ -17,7 +18,7 @@ $(VENV)/.installed: requirements-dev.txt
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	touch $@
 
-venv: $(VENV)/.installed ## Install moto and cargo-lambda into .venv
+venv: $(VENV)/.installed ## Install moto, the SAM translator and cargo-lambda into .venv
 
 test: venv ## Run every test: unit, and integration against moto, the simulator and the Runtime API
 	scripts/with-moto.sh cargo test --workspace --locked
@@ -30,10 +31,17 @@ $(LINT_VENV)/.installed: requirements-lint.txt
 	$(LINT_VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-lint.txt
 	touch $@
 
-lint: $(LINT_VENV)/.installed ## cargo fmt, clippy with -D warnings, sam validate --lint
+$(CHECKOV_VENV)/.installed: requirements-checkov.txt
+	python3 -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-checkov.txt
+	touch $@
+
+lint: $(LINT_VENV)/.installed $(CHECKOV_VENV)/.installed ## cargo fmt, clippy with -D warnings, sam validate --lint, checkov
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets --locked -- -D warnings
 	AWS_DEFAULT_REGION=us-east-1 $(LINT_VENV)/bin/sam validate --lint --region us-east-1
+	@# --skip-download: no fetching of the vendor's guidelines, which needs the internet.
+	$(CHECKOV_VENV)/bin/checkov --file template.yaml --framework cloudformation --skip-download --compact --quiet
 
 build: venv ## Release build, and the arm64 Lambda zip through cargo-lambda
 	cargo build --release --locked
@@ -64,4 +72,4 @@ bench: venv $(BENCH_VENV)/.installed .bench-tools/bin/s3s-fs ## Benchmarks again
 
 clean: ## Remove build output and the local virtualenvs
 	cargo clean
-	rm -rf $(VENV) $(LINT_VENV) $(BENCH_VENV) .bench-tools
+	rm -rf $(VENV) $(LINT_VENV) $(CHECKOV_VENV) $(BENCH_VENV) .bench-tools

@@ -5,6 +5,7 @@
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -22,18 +23,40 @@ impl Drop for Running {
 /// The emulator and the function running under it.
 pub struct LocalLambda {
     _emulator: Running,
-    function: Running,
+    /// Behind a lock so that `invoke(&self)` can notice the function exiting.
+    function: Mutex<Running>,
     port: u16,
 }
 
 impl LocalLambda {
-    /// Starts the emulator on a free port, then `binary` with `env` plus the variables Lambda
-    /// sets; the function's stdout and stderr go where the caller says.
+    /// Starts the emulator on a free port, then `binary` with this process's environment, `env`
+    /// and the variables Lambda sets; the function's stdout and stderr go where the caller says.
     pub async fn start(
         binary: &Path,
         env: &[(&str, String)],
         stdout: Stdio,
         stderr: Stdio,
+    ) -> Result<Self, String> {
+        Self::spawn(binary, env, stdout, stderr, false).await
+    }
+
+    /// Like [`LocalLambda::start`], but the function inherits nothing from this process: it sees
+    /// `env` and the variables Lambda sets, as a deployed function sees only its configuration.
+    pub async fn start_isolated(
+        binary: &Path,
+        env: &[(&str, String)],
+        stdout: Stdio,
+        stderr: Stdio,
+    ) -> Result<Self, String> {
+        Self::spawn(binary, env, stdout, stderr, true).await
+    }
+
+    async fn spawn(
+        binary: &Path,
+        env: &[(&str, String)],
+        stdout: Stdio,
+        stderr: Stdio,
+        isolated: bool,
     ) -> Result<Self, String> {
         let port =
             TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| e.to_string())?.port();
@@ -56,7 +79,11 @@ impl LocalLambda {
             .map_err(|e| format!("cannot run {cargo_lambda} ({e}); `make venv` installs cargo-lambda"))?;
         let emulator = Running(emulator);
         wait_for_port(port).await?;
-        let function = Command::new(binary)
+        let mut function = Command::new(binary);
+        if isolated {
+            function.env_clear();
+        }
+        let function = function
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .env("AWS_LAMBDA_RUNTIME_API", format!("http://127.0.0.1:{port}/.rt"))
             .env("AWS_LAMBDA_FUNCTION_NAME", "_")
@@ -67,30 +94,40 @@ impl LocalLambda {
             .stderr(stderr)
             .spawn()
             .map_err(|e| format!("cannot start {} ({e}); build it first", binary.display()))?;
-        Ok(Self { _emulator: emulator, function: Running(function), port })
+        Ok(Self { _emulator: emulator, function: Mutex::new(Running(function)), port })
     }
 
-    /// Invokes the function with `event` and returns its response.
+    /// Invokes the function with `event` and returns its response. A function that exits
+    /// instead of answering (a bad setting at cold start, say) is an error at once, not after
+    /// the emulator's timeout.
     pub async fn invoke(&self, event: &Value) -> Result<Value, String> {
         let url = format!("http://127.0.0.1:{}/2015-03-31/functions/_/invocations", self.port);
-        let response = reqwest::Client::new()
-            .post(url)
-            .json(event)
-            .timeout(Duration::from_secs(300))
-            .send()
-            .await
-            .map_err(|e| format!("the Runtime API emulator did not answer: {e}"))?;
+        let request = reqwest::Client::new().post(url).json(event).timeout(Duration::from_secs(300)).send();
+        let response = tokio::select! {
+            response = request => response.map_err(|e| format!("the Runtime API emulator did not answer: {e}"))?,
+            status = self.exit() => return Err(format!("the function exited ({status}) instead of answering")),
+        };
         response.json().await.map_err(|e| format!("the function's response is not JSON: {e}"))
+    }
+
+    /// Resolves when the function's process has exited.
+    async fn exit(&self) -> ExitStatus {
+        loop {
+            if let Some(status) = self.function.lock().unwrap().0.try_wait().ok().flatten() {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// The function's exit status, if it has exited.
     pub fn exited(&mut self) -> Option<ExitStatus> {
-        self.function.0.try_wait().ok().flatten()
+        self.function.get_mut().unwrap().0.try_wait().ok().flatten()
     }
 
     /// Sends SIGTERM, as Lambda does at shutdown, and waits up to five seconds for the exit.
     pub fn terminate(mut self) {
-        let pid = self.function.0.id().to_string();
+        let pid = self.function.get_mut().unwrap().0.id().to_string();
         let _ = Command::new("kill").args(["-TERM", &pid]).status();
         let deadline = Instant::now() + Duration::from_secs(5);
         while self.exited().is_none() && Instant::now() < deadline {
