@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use dealmachine_sim::{DownloadFault, ExportSpec, FileSpec, Status};
 
-use crate::helpers::{Setup, spawn_app, spawn_app_with};
+use crate::helpers::{Setup, spawn_app_with};
 
 #[tokio::test]
 async fn a_mixed_batch_reports_exactly_the_records_worth_retrying() {
