@@ -74,6 +74,10 @@ pub struct ExportRequest {
     /// When the relay first saw this export; polling stops `POLL_TIMEOUT_SECONDS` after it.
     #[serde(default)]
     pub first_seen_at: Option<DateTime<Utc>>,
+    /// The SQS message this request came in, if it did: a retry of the same message may take
+    /// over the poll it claimed. Never part of the body.
+    #[serde(skip)]
+    pub message_id: Option<String>,
 }
 
 fn first_attempt() -> u32 {
@@ -82,7 +86,7 @@ fn first_attempt() -> u32 {
 
 impl ExportRequest {
     pub fn new(export_id: ExportId) -> Self {
-        Self { export_id, metadata: None, attempt: 1, first_seen_at: None }
+        Self { export_id, metadata: None, attempt: 1, first_seen_at: None, message_id: None }
     }
 
     /// Parses an SQS body: a bare export ID, or `{"export_id": ..., "metadata": {...}}`.
@@ -101,11 +105,17 @@ impl ExportRequest {
         }
     }
 
+    /// Who claims this request's next poll in the ledger: its SQS message, or a direct invoke.
+    pub fn claimant(&self) -> &str {
+        self.message_id.as_deref().unwrap_or("invoke")
+    }
+
     /// The request for the next poll of a still-running export.
     pub fn next_poll(&self, now: DateTime<Utc>) -> Self {
         Self {
             attempt: self.attempt.saturating_add(1),
             first_seen_at: Some(self.first_seen_at.unwrap_or(now)),
+            message_id: None,
             ..self.clone()
         }
     }

@@ -14,7 +14,7 @@ use crate::config::PollPolicy;
 use crate::deadletter::DeadLetters;
 use crate::dealmachine::{ApiError, DealMachineClient, DownloadFile, Export, ExportStatus};
 use crate::events::{EventError, ExportId, ExportRequest, Invocation};
-use crate::manifest::{Ledger, LedgerError, Manifest, ManifestFile};
+use crate::manifest::{Chain, ChainState, Ledger, LedgerError, Manifest, ManifestFile, Versioned};
 use crate::metrics::Metrics;
 use crate::notify::{Delivery, ErrorInfo, Event, EventData, EventType, FileRef, Notifier, NotifyError};
 use crate::requeue::{self, EnqueueError, Requeuer};
@@ -32,6 +32,8 @@ pub enum Outcome {
     Failed,
     Expired,
     TimedOut,
+    /// Nothing done: another message of the export's poll chain owns the next poll.
+    Duplicate,
 }
 
 impl Outcome {
@@ -42,6 +44,7 @@ impl Outcome {
             Self::Failed => "failed",
             Self::Expired => "expired",
             Self::TimedOut => "timed_out",
+            Self::Duplicate => "duplicate",
         }
     }
 }
@@ -167,11 +170,18 @@ impl Relay {
 
     /// Relays one export as far as it can go now. This is the whole flow, top to bottom.
     pub async fn relay(&self, request: &ExportRequest, deadline: Deadline) -> Result<Report, RelayError> {
+        // A duplicate of a poll, or a retry its successor has overtaken, costs no API request.
+        let chain = self.ledger.chain(&request.export_id).await?;
+        if let Some(ahead) =
+            chain.as_ref().filter(|c| !c.value.lets_poll(request.attempt, request.claimant(), Utc::now()))
+        {
+            return Ok(self.overtaken(request, &ahead.value));
+        }
         let fetched = match self.api.get_export(&request.export_id).await {
             Ok(fetched) => fetched,
             Err(ApiError::RateLimited { rate, .. }) => {
                 self.metrics.api_answer(rate.rate_limited, rate.remaining);
-                return self.poll_later(request, rate.throttled_for).await;
+                return self.poll_later(request, chain.as_ref(), rate.throttled_for).await;
             }
             Err(e) if e.is_unreadable_export() => {
                 let error = RelayError::from(e);
@@ -194,7 +204,7 @@ impl Relay {
                 .await
             }
             ExportStatus::Pending | ExportStatus::Processing => {
-                self.poll_later(request, fetched.rate.throttled_for).await
+                self.poll_later(request, chain.as_ref(), fetched.rate.throttled_for).await
             }
             ExportStatus::Failed => {
                 let stage = export.progress_stage.as_deref().unwrap_or("unknown");
@@ -320,19 +330,40 @@ impl Relay {
         (Utc::now() - first_seen).to_std().unwrap_or_default() >= self.poll.timeout
     }
 
-    /// Re-enqueues a running export. Only once the message is on the queue is the current
-    /// record done, so a failed send leaves the poll to SQS's redelivery.
+    /// Re-enqueues a running export. The next attempt is claimed in the ledger first, so of
+    /// two copies of this record only one sends it; a failed send fails the record, and its
+    /// retry, finding its own claim, sends again. Only once the message is on the queue is the
+    /// current record done.
     async fn poll_later(
         &self,
         request: &ExportRequest,
+        chain: Option<&Versioned<Chain>>,
         throttled_for: Option<std::time::Duration>,
     ) -> Result<Report, RelayError> {
         let delay = requeue::poll_delay(&self.poll, request.attempt, throttled_for);
         let next = request.next_poll(Utc::now());
+        let claim = Chain {
+            attempt: next.attempt,
+            state: ChainState::Claimed,
+            by: request.claimant().into(),
+            at: Utc::now(),
+        };
+        let Some(claimed) = self.ledger.move_chain(&request.export_id, chain, claim).await? else {
+            let ahead = self.ledger.chain(&request.export_id).await?;
+            return Ok(self.overtaken(request, &ahead.map_or_else(|| next_claim(&next), |c| c.value)));
+        };
         self.requeuer.enqueue(&next, delay).await?;
+        let sent = Chain { state: ChainState::Sent, ..claimed.value.clone() };
+        if let Err(e) = self.ledger.move_chain(&request.export_id, Some(&claimed), sent).await {
+            // The claim stands; a retry of this record would take it over and send again.
+            warn!(error = %e, "the next poll is on the queue, but the ledger could not record it");
+        }
         if request.attempt == 1 {
-            // A poll chain starts: tell the sweep, so it does not start a second one.
-            self.ledger.mark_in_flight(&request.export_id).await?;
+            // A poll chain starts: tell the sweep, so it does not start a second one. The
+            // message is on the queue already, so a failure here must not fail the record.
+            if let Err(e) = self.ledger.mark_in_flight(&request.export_id).await {
+                warn!(error = %e, "could not record the poll chain for the sweep");
+            }
         }
         info!(next_attempt = next.attempt, delay_seconds = delay.as_secs(), "requeued");
         self.metrics.outcome(Outcome::Requeued.as_str());
@@ -341,6 +372,33 @@ impl Relay {
             delay_seconds: Some(delay.as_secs()),
             ..Report::new(request, Outcome::Requeued)
         })
+    }
+
+    /// Acknowledges a record whose poll another message owns: a duplicate delivery, a second
+    /// request for an export already being polled, or a retry that its successor overtook.
+    fn overtaken(&self, request: &ExportRequest, chain: &Chain) -> Report {
+        info!(
+            chain_attempt = chain.attempt,
+            "another message of this export's poll chain owns the next poll; nothing to do"
+        );
+        self.metrics.outcome(Outcome::Duplicate.as_str());
+        Report { next_attempt: Some(chain.attempt), ..Report::new(request, Outcome::Duplicate) }
+    }
+
+    /// Marks the poll chain ended once the export has an outcome, so a new request for it may
+    /// start one again. Best effort: a chain left open only makes later requests wait for it.
+    async fn end_chain(&self, request: &ExportRequest) {
+        let ended = async {
+            let Some(chain) = self.ledger.chain(&request.export_id).await? else { return Ok(()) };
+            if chain.value.state != ChainState::Ended {
+                let end = Chain { state: ChainState::Ended, at: Utc::now(), ..chain.value.clone() };
+                self.ledger.move_chain(&request.export_id, Some(&chain), end).await?;
+            }
+            Ok::<_, LedgerError>(())
+        };
+        if let Err(e) = ended.await {
+            warn!(error = %e, "could not mark the poll chain ended");
+        }
     }
 
     /// Where each file goes. Every name and URL is checked before the first byte moves, so a
@@ -371,12 +429,19 @@ impl Relay {
             .collect()
     }
 
-    /// Copies every file of a completed export, one after another.
+    /// Copies every file of a completed export, one after another. Each file is recorded in the
+    /// ledger as it lands, so a run cut short is resumed by the next one file by file.
     async fn copy_files(&self, export: &Export, deadline: Deadline) -> Result<Vec<ManifestFile>, RelayError> {
+        let id = ExportId::parse(&export.export_id)?;
         let plan = self.plan(export)?;
         let mut links = Links::from(export);
         let mut copied = Vec::with_capacity(plan.len());
         for (file, destination) in plan {
+            if let Some(earlier) = self.ledger.copied(&id, &destination.key).await? {
+                info!(key = %earlier.key, "copied and checked in an earlier run; not copied again");
+                copied.push(earlier);
+                continue;
+            }
             let done = self.copy_file(&mut links, file, &destination, deadline).await?;
             let seconds = done.elapsed.as_secs_f64();
             info!(
@@ -387,7 +452,7 @@ impl Relay {
                 "file copied"
             );
             self.metrics.file_copied(done.size, seconds);
-            copied.push(ManifestFile {
+            let record = ManifestFile {
                 filename: file.filename.clone(),
                 key: done.key,
                 size: done.size,
@@ -395,7 +460,9 @@ impl Relay {
                 crc64nvme: done.inspection.crc64nvme,
                 rows: done.inspection.rows,
                 source: done.inspection.source,
-            });
+            };
+            self.ledger.record_copied(&id, &record).await?;
+            copied.push(record);
         }
         Ok(copied)
     }
@@ -451,6 +518,7 @@ impl Relay {
             EventType::Expired => Outcome::Expired,
             EventType::TimedOut => Outcome::TimedOut,
         };
+        self.end_chain(request).await;
         self.metrics.outcome(outcome.as_str());
         if outcome == Outcome::Completed {
             let age = ending.export.and_then(|e| e.created_at).map(|at| (Utc::now() - at).as_seconds_f64());
@@ -491,7 +559,8 @@ impl Relay {
     async fn handle_record(&self, record: SqsMessage, deadline: Deadline) -> bool {
         let body = record.body.as_deref().unwrap_or_default();
         let result = match ExportRequest::from_body(body) {
-            Ok(request) => {
+            Ok(mut request) => {
+                request.message_id = record.message_id.clone();
                 let span = tracing::Span::current();
                 span.record("export_id", request.export_id.as_str());
                 span.record("attempt", request.attempt);
@@ -608,6 +677,12 @@ impl Links {
     fn url<'a>(&'a self, file: &'a DownloadFile) -> &'a str {
         self.urls.get(&file.filename).map_or(&file.url, String::as_str)
     }
+}
+
+/// What a chain looks like to a record that lost the race to claim `next`'s poll, when the
+/// winner's claim cannot be read back.
+fn next_claim(next: &ExportRequest) -> Chain {
+    Chain { attempt: next.attempt, state: ChainState::Claimed, by: String::new(), at: Utc::now() }
 }
 
 /// A bad URL, name or file list in the export itself: retrying cannot fix it.

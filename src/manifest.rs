@@ -1,13 +1,24 @@
-//! Exactly-once delivery, kept in the bucket itself.
+//! The ledger: everything the relay remembers about an export, kept in the bucket itself beside
+//! the files, and written with S3's conditional writes where two runs could race.
 //!
-//! `manifest.json` is written last, with `If-None-Match: *`, as the commit marker: a consumer
-//! that sees it can trust every file it names, and a redelivered message that finds it copies
-//! nothing. A small marker per webhook type records that the webhook went out, so a redelivery
-//! sends only what is still owed.
+//! - `manifest.json` is written last, with `If-None-Match: *`, as the commit marker: a consumer
+//!   that sees it can trust every file it names, and a redelivered message that finds it copies
+//!   nothing.
+//! - `.files/{name}.json` records each file as it lands and passes its checks, so a run cut short
+//!   (out of time, killed) is resumed by the next one file by file.
+//! - `.chain.json` is the export's poll chain: the one attempt whose message may be on the queue.
+//!   A record claims the next attempt before it sends it, so duplicates and retries never fork
+//!   the chain.
+//! - `.delivered/{type}.json` records that a webhook went out, so a redelivery sends only what is
+//!   still owed.
+
+use std::time::Duration;
 
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_sdk_s3::primitives::ByteStream;
+use backon::{BackoffBuilder, ExponentialBuilder};
 use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::dealmachine::Export;
@@ -17,6 +28,9 @@ use crate::notify::EventType;
 
 /// Manifests are small; a larger one was not written by the relay.
 const MAX_MANIFEST_BYTES: usize = 8 * 1024 * 1024;
+/// A claim on the next poll by another message is taken over once it is this old and still not
+/// sent: its record died between the claim and the send. Longer than any SQS delay.
+const CLAIM_LEASE: Duration = Duration::from_secs(15 * 60);
 
 /// What a relayed export's folder holds, written after every file is in place.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -98,6 +112,55 @@ pub enum LedgerError {
     Unreadable { key: String, message: String },
 }
 
+/// Where an export's poll chain stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Chain {
+    /// The attempt whose message is (being) put on the queue.
+    pub attempt: u32,
+    pub state: ChainState,
+    /// The SQS message ID of the record that claimed it.
+    pub by: String,
+    pub at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChainState {
+    /// Claimed; the message may not be on the queue yet.
+    Claimed,
+    /// The message is on the queue.
+    Sent,
+    /// The export reached an outcome; a new request may start a new chain.
+    Ended,
+}
+
+impl Chain {
+    /// Whether the record for `attempt`, delivered as message `message_id`, should poll: not
+    /// when a later attempt is already claimed, which makes it a duplicate or a stale retry.
+    /// Its own claim, or a claim left unsent for longer than the lease, is taken over.
+    pub fn lets_poll(&self, attempt: u32, message_id: &str, now: DateTime<Utc>) -> bool {
+        let abandoned = self.state == ChainState::Claimed
+            && (self.by == message_id || (now - self.at).to_std().unwrap_or_default() > CLAIM_LEASE);
+        self.state == ChainState::Ended
+            || self.attempt <= attempt
+            || (self.attempt == attempt + 1 && abandoned)
+    }
+}
+
+/// A value read from the ledger, with the ETag to write it back conditionally.
+#[derive(Debug, Clone)]
+pub struct Versioned<T> {
+    pub value: T,
+    pub etag: String,
+}
+
+/// What a conditional write requires of the object it replaces.
+#[derive(Debug, Clone, Copy)]
+enum Condition<'a> {
+    Absent,
+    Matches(&'a str),
+}
+
 /// The manifests and delivery markers of one bucket and prefix.
 pub struct Ledger {
     s3: aws_sdk_s3::Client,
@@ -120,6 +183,47 @@ impl Ledger {
 
     fn in_flight_key(&self, id: &ExportId) -> String {
         format!("{}{id}/.in-flight.json", self.prefix)
+    }
+
+    fn chain_key(&self, id: &ExportId) -> String {
+        format!("{}{id}/.chain.json", self.prefix)
+    }
+
+    /// The record of one file, by the key it landed at.
+    fn file_key(&self, id: &ExportId, object_key: &str) -> String {
+        let name = object_key.rsplit('/').next().unwrap_or(object_key);
+        format!("{}{id}/.files/{name}.json", self.prefix)
+    }
+
+    /// The record of a file that landed and passed its checks in an earlier run, if any.
+    pub async fn copied(&self, id: &ExportId, object_key: &str) -> Result<Option<ManifestFile>, LedgerError> {
+        let record = self.read_json::<ManifestFile>(&self.file_key(id, object_key)).await?;
+        Ok(record.map(|r| r.value).filter(|file| file.key == object_key))
+    }
+
+    /// Records a file as landed and checked, so a later run skips it.
+    pub async fn record_copied(&self, id: &ExportId, file: &ManifestFile) -> Result<(), LedgerError> {
+        let body = serde_json::to_value(file).expect("file records always serialize");
+        self.put_json(&self.file_key(id, &file.key), body).await
+    }
+
+    /// The export's poll chain, if one was started.
+    pub async fn chain(&self, id: &ExportId) -> Result<Option<Versioned<Chain>>, LedgerError> {
+        self.read_json(&self.chain_key(id)).await
+    }
+
+    /// Moves the chain to `next`, if it is still as `read`. `None` when another record moved it
+    /// first: that record owns the next poll.
+    pub async fn move_chain(
+        &self,
+        id: &ExportId,
+        read: Option<&Versioned<Chain>>,
+        next: Chain,
+    ) -> Result<Option<Versioned<Chain>>, LedgerError> {
+        let condition = read.map_or(Condition::Absent, |r| Condition::Matches(&r.etag));
+        let body = serde_json::to_vec(&next).expect("chains always serialize");
+        let written = self.put_if(&self.chain_key(id), body, condition).await?;
+        Ok(written.map(|etag| Versioned { value: next, etag }))
     }
 
     /// True when a manifest is committed, without reading it.
@@ -169,28 +273,33 @@ impl Ledger {
 
     /// The committed manifest, if the export was relayed before.
     pub async fn committed(&self, id: &ExportId) -> Result<Option<Manifest>, LedgerError> {
-        let key = self.manifest_key(id);
-        let output = match self.s3.get_object().bucket(&self.bucket).key(&key).send().await {
+        Ok(self.read_json(&self.manifest_key(id)).await?.map(|m| m.value))
+    }
+
+    /// Reads a ledger object, with its ETag; `None` if there is none.
+    async fn read_json<T: DeserializeOwned>(&self, key: &str) -> Result<Option<Versioned<T>>, LedgerError> {
+        let output = match self.s3.get_object().bucket(&self.bucket).key(key).send().await {
             Ok(output) => output,
             Err(e) if e.as_service_error().is_some_and(|e| e.is_no_such_key()) => return Ok(None),
-            Err(e) => return Err(s3_error("GetObject", &key, e)),
+            Err(e) => return Err(s3_error("GetObject", key, e)),
         };
+        let unreadable = |message: String| LedgerError::Unreadable { key: key.to_string(), message };
         if output.content_length().unwrap_or_default() as usize > MAX_MANIFEST_BYTES {
-            return Err(LedgerError::Unreadable { key, message: "larger than 8 MiB".into() });
+            return Err(unreadable("larger than 8 MiB".into()));
         }
+        let etag = output.e_tag.clone().unwrap_or_default();
         let bytes = output
             .body
             .collect()
             .await
             .map_err(|e| LedgerError::S3 {
                 operation: "GetObject",
-                key: key.clone(),
+                key: key.to_string(),
                 message: e.to_string(),
             })?
             .into_bytes();
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| LedgerError::Unreadable { key, message: e.to_string() })
+        let value = serde_json::from_slice(&bytes).map_err(|e| unreadable(e.to_string()))?;
+        Ok(Some(Versioned { value, etag }))
     }
 
     /// Writes the manifest unless one exists. If another run committed first, its manifest
@@ -200,26 +309,60 @@ impl Ledger {
             ExportId::parse(&manifest.export.export_id).expect("manifests are built from checked exports");
         let key = self.manifest_key(&id);
         let body = serde_json::to_vec_pretty(&manifest).expect("manifests always serialize");
-        let put = self
-            .s3
-            .put_object()
-            .bucket(&self.bucket)
-            .key(&key)
-            .content_type("application/json")
-            .if_none_match("*")
-            .body(ByteStream::from(body))
-            .send()
-            .await;
-        match put {
-            Ok(_) => Ok(manifest),
-            Err(e) if matches!(e.code(), Some("PreconditionFailed" | "ConditionalRequestConflict")) => {
-                tracing::info!(key, "another run committed this export first; using its manifest");
-                self.committed(&id).await?.ok_or(LedgerError::Unreadable {
-                    key,
-                    message: "the conditional write failed, yet no manifest is there".into(),
-                })
+        if self.put_if(&key, body, Condition::Absent).await?.is_some() {
+            return Ok(manifest);
+        }
+        tracing::info!(key, "another run committed this export first; using its manifest");
+        self.committed(&id).await?.ok_or(LedgerError::Unreadable {
+            key,
+            message: "the conditional write failed, yet no manifest is there".into(),
+        })
+    }
+
+    /// Writes `body` at `key` if `condition` holds, and returns the new ETag; `None` when it
+    /// does not hold (412: another writer got there first). S3 answers 409
+    /// `ConditionalRequestConflict` while a conflicting conditional write is still in flight,
+    /// and asks for a retry: that is retried here, with backoff, never read as "someone won".
+    async fn put_if(
+        &self,
+        key: &str,
+        body: Vec<u8>,
+        condition: Condition<'_>,
+    ) -> Result<Option<String>, LedgerError> {
+        let mut backoff = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(100))
+            .with_max_delay(Duration::from_secs(2))
+            .with_max_times(5)
+            .with_jitter()
+            .build();
+        loop {
+            let request = self
+                .s3
+                .put_object()
+                .bucket(&self.bucket)
+                .key(key)
+                .content_type("application/json")
+                .body(ByteStream::from(body.clone()));
+            let request = match condition {
+                Condition::Absent => request.if_none_match("*"),
+                Condition::Matches(etag) => request.if_match(etag),
+            };
+            match request.send().await {
+                Ok(output) => return Ok(Some(output.e_tag.unwrap_or_default())),
+                Err(e) if e.code() == Some("PreconditionFailed") => return Ok(None),
+                // A replaced object that is gone now also fails its condition.
+                Err(e) if matches!(condition, Condition::Matches(_)) && e.code() == Some("NoSuchKey") => {
+                    return Ok(None);
+                }
+                Err(e) if e.code() == Some("ConditionalRequestConflict") => match backoff.next() {
+                    Some(pause) => {
+                        tracing::info!(key, "S3 answered 409 to a conditional write in flight; trying again");
+                        tokio::time::sleep(pause).await;
+                    }
+                    None => return Err(s3_error("PutObject", key, e)),
+                },
+                Err(e) => return Err(s3_error("PutObject", key, e)),
             }
-            Err(e) => Err(s3_error("PutObject", &key, e)),
         }
     }
 
@@ -258,6 +401,29 @@ mod tests {
             rows,
             source: SourceChecksums::default(),
         }
+    }
+
+    #[test]
+    fn a_later_claim_stops_duplicates_and_stale_retries_but_not_the_claimers_own_retry() {
+        let now = Utc::now();
+        let chain = |attempt, state, by: &str, age: i64| Chain {
+            attempt,
+            state,
+            by: by.into(),
+            at: now - chrono::Duration::seconds(age),
+        };
+        let sent = chain(4, ChainState::Sent, "m3", 10);
+        assert!(sent.lets_poll(4, "m4", now), "the attempt on the queue polls");
+        assert!(!sent.lets_poll(3, "m3", now), "attempt 3 is done: its successor is on the queue");
+        let claimed = chain(4, ChainState::Claimed, "m3", 10);
+        assert!(claimed.lets_poll(3, "m3", now), "the claimer's own retry sends what it claimed");
+        assert!(!claimed.lets_poll(3, "other", now), "another copy of attempt 3 leaves it to the claimer");
+        assert!(chain(4, ChainState::Claimed, "m3", 3600).lets_poll(3, "other", now), "an abandoned claim");
+        assert!(!chain(5, ChainState::Claimed, "m3", 3600).lets_poll(3, "m3", now), "two steps behind");
+        assert!(
+            chain(9, ChainState::Ended, "m8", 10).lets_poll(1, "new", now),
+            "a new request after the end"
+        );
     }
 
     #[test]

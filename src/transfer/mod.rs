@@ -37,6 +37,10 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_MAX_RESUMES: u32 = 5;
 /// A first request that failed outright waits this long, times its number, before the next.
 const RESTART_BACKOFF: Duration = Duration::from_millis(100);
+const MIB: u64 = 1024 * 1024;
+/// S3 takes at most this many parts in one upload, each at most 5 GiB.
+const MAX_PARTS: u64 = 10_000;
+const MAX_PART_SIZE: u64 = 5 * 1024 * MIB;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransferError {
@@ -79,6 +83,8 @@ pub enum TransferError {
     OutOfTime { remaining: u64, seconds_left: u64 },
     #[error("S3 {operation} failed: {message}")]
     S3 { operation: &'static str, message: String },
+    #[error("the file is {0} bytes, more than the 5 TiB an S3 object can hold")]
+    TooLarge(u64),
 }
 
 impl TransferError {
@@ -87,7 +93,11 @@ impl TransferError {
     pub fn is_permanent(&self) -> bool {
         matches!(
             self,
-            Self::UrlRefused(_) | Self::BadFileName(..) | Self::Corrupt(_) | Self::SourceDamaged { .. }
+            Self::UrlRefused(_)
+                | Self::BadFileName(..)
+                | Self::Corrupt(_)
+                | Self::SourceDamaged { .. }
+                | Self::TooLarge(_)
         )
     }
 
@@ -123,6 +133,7 @@ impl TransferError {
             Self::SourceDamaged { .. } => "source_checksum_mismatch",
             Self::OutOfTime { .. } => "out_of_time",
             Self::S3 { .. } => "s3_error",
+            Self::TooLarge(_) => "file_too_large",
         }
     }
 
@@ -140,6 +151,21 @@ impl From<InspectionError> for TransferError {
             }
         }
     }
+}
+
+/// The configured part size, or more for a file that would need over 10,000 parts (S3's limit),
+/// in whole MiB: worked out before the first byte, not found out at part 10,001.
+fn part_size_for(size: u64, configured: usize) -> Result<usize, TransferError> {
+    let needed = size.div_ceil(MAX_PARTS).div_ceil(MIB) * MIB;
+    let part_size = needed.max(configured as u64);
+    if part_size > MAX_PART_SIZE {
+        return Err(TransferError::TooLarge(size));
+    }
+    Ok(part_size as usize)
+}
+
+fn mib(bytes: usize) -> u32 {
+    (bytes as u64).div_ceil(MIB) as u32
 }
 
 /// The same wrong bytes twice is what the host stores, not a bad transfer: the file is damaged.
@@ -195,7 +221,10 @@ pub struct Transfer {
     bucket: String,
     policy: UrlPolicy,
     part_size: usize,
+    /// One permit per MiB of part buffers, so a file whose parts had to grow holds fewer of
+    /// them at once and memory stays at `part_size * parts_in_flight` whatever the file.
     part_slots: Arc<Semaphore>,
+    slot_permits: u32,
     idle_timeout: Duration,
     /// Trusted beside the system's roots, for a file host with a private certificate.
     roots: Vec<reqwest::Certificate>,
@@ -217,7 +246,8 @@ impl Transfer {
             bucket,
             policy,
             part_size,
-            part_slots: Arc::new(Semaphore::new(parts_in_flight)),
+            part_slots: Arc::new(Semaphore::new(parts_in_flight * mib(part_size) as usize)),
+            slot_permits: (parts_in_flight * mib(part_size) as usize) as u32,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             roots: Vec::new(),
             max_resumes: DEFAULT_MAX_RESUMES,
@@ -275,11 +305,18 @@ impl Transfer {
         let started = Instant::now();
         deadline.check(expected_size, None)?;
         let url = self.check_url(source)?;
+        let part_size = part_size_for(expected_size, self.part_size)?;
         let recoveries = Recoveries::new(self.max_resumes);
         let mut last_mismatch = None;
         loop {
             let error = match self
-                .copy_from_start(&url, expected_size, destination, (started, deadline), &recoveries)
+                .copy_from_start(
+                    &url,
+                    (expected_size, part_size),
+                    destination,
+                    (started, deadline),
+                    &recoveries,
+                )
                 .await
             {
                 Ok((parts, inspection)) => {
@@ -311,19 +348,19 @@ impl Transfer {
     async fn copy_from_start(
         &self,
         url: &Url,
-        expected_size: u64,
+        (expected_size, part_size): (u64, usize),
         destination: &Destination,
         timing: (Instant, Deadline),
         recoveries: &Arc<Recoveries>,
     ) -> Result<(usize, Inspection), TransferError> {
         // The slot comes first, so a download is asked for only when its bytes have somewhere
         // to go: an answer left unread would hold its connection's flow-control window.
-        let slot = self.slot().await;
+        let slot = self.slot(part_size).await;
         let (download, announced) =
             Download::open(&self.http, url, expected_size, recoveries.clone(), timing, self.metrics.clone())
                 .await?;
         let inspector = Inspector::for_file(&destination.filename, announced);
-        let mut body = PartReader::new(download.into_stream(), expected_size, self.part_size, inspector);
+        let mut body = PartReader::new(download.into_stream(), expected_size, part_size, inspector);
         let first = body.next_part().await?;
         if body.finished() {
             let inspection = body.inspection().await?;
@@ -331,5 +368,22 @@ impl Transfer {
             return Ok((1, inspection));
         }
         self.put_multipart(destination, (first, slot), &mut body, timing).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_grow_so_that_no_file_needs_more_than_ten_thousand() {
+        let eight = 8 * MIB as usize;
+        assert_eq!(part_size_for(0, eight).unwrap(), eight);
+        assert_eq!(part_size_for(78 * 1024 * MIB, eight).unwrap(), eight, "78 GiB fits in 8 MiB parts");
+        let bigger = part_size_for(100 * 1024 * MIB, eight).unwrap() as u64;
+        assert_eq!(bigger, 11 * MIB, "100 GiB needs 10.24 MiB parts, rounded up to whole MiB");
+        assert!((100 * 1024 * MIB).div_ceil(bigger) <= MAX_PARTS);
+        assert!(part_size_for(5 * 1024 * 1024 * MIB, eight).is_ok(), "5 TiB, S3's largest object");
+        assert!(matches!(part_size_for(49 * 1024 * 1024 * MIB, eight), Err(TransferError::TooLarge(_))));
     }
 }

@@ -32,6 +32,10 @@ impl<S: Stream<Item = Result<Bytes, TransferError>> + Unpin> PartReader<S> {
         }
     }
 
+    pub(super) fn part_size(&self) -> usize {
+        self.part_size
+    }
+
     /// True once the stream has ended and every byte has been handed out.
     pub(super) fn finished(&self) -> bool {
         self.ended && self.carry.is_empty()

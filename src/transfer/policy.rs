@@ -56,7 +56,8 @@ impl UrlPolicy {
 
 /// The key for one of an export's files: `{prefix}{export_id}/{name}`, where `name` is the API's
 /// file name with anything but letters, digits, `.`, `-` and `_` replaced by `_`, so that no
-/// name can leave the export's folder.
+/// name can leave the export's folder, and a leading `.` replaced too, so that no file can land
+/// on the ledger's own objects (`manifest.json` and the dot-named ones beside it).
 pub fn object_key(prefix: &str, export_id: &str, filename: &str) -> Result<String, TransferError> {
     let refuse =
         |why| Err(TransferError::BadFileName(filename.chars().take(MAX_FILE_NAME_LEN).collect(), why));
@@ -66,12 +67,18 @@ pub fn object_key(prefix: &str, export_id: &str, filename: &str) -> Result<Strin
     if filename.len() > MAX_FILE_NAME_LEN {
         return refuse("it is longer than 200 bytes");
     }
-    let safe: String = filename
+    let mut safe: String = filename
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') { c } else { '_' })
         .collect();
     if safe.chars().all(|c| c == '.') {
         return refuse("it is only dots");
+    }
+    if safe.starts_with('.') {
+        safe.replace_range(..1, "_");
+    }
+    if safe == "manifest.json" {
+        return refuse("it is the name of the relay's own manifest");
     }
     Ok(format!("{prefix}{export_id}/{safe}"))
 }
@@ -99,7 +106,9 @@ mod tests {
             key("properties_export_2026-02-17.csv.gz").unwrap(),
             "p/e1/properties_export_2026-02-17.csv.gz"
         );
-        assert_eq!(key("../../x").unwrap(), "p/e1/.._.._x");
+        assert_eq!(key("../../x").unwrap(), "p/e1/_._.._x");
+        assert_eq!(key(".chain.json").unwrap(), "p/e1/_chain.json", "not the ledger's");
+        assert!(key("manifest.json").is_err());
         assert_eq!(key("/etc/passwd").unwrap(), "p/e1/_etc_passwd");
         assert_eq!(key("a/b").unwrap(), "p/e1/a_b");
         assert_eq!(key("tab\there\n").unwrap(), "p/e1/tab_here_");

@@ -23,8 +23,11 @@ use super::{Destination, Transfer, TransferError};
 use crate::integrity::Inspection;
 
 impl Transfer {
-    pub(super) async fn slot(&self) -> OwnedSemaphorePermit {
-        self.part_slots.clone().acquire_owned().await.expect("the part semaphore is never closed")
+    /// Room for one part of `part_size` bytes among the parts in flight. A part larger than
+    /// every slot together takes them all.
+    pub(super) async fn slot(&self, part_size: usize) -> OwnedSemaphorePermit {
+        let permits = super::mib(part_size).clamp(1, self.slot_permits);
+        self.part_slots.clone().acquire_many_owned(permits).await.expect("the part semaphore is never closed")
     }
 
     /// A file that fits in one part goes up in one request, checksum and all.
@@ -110,7 +113,7 @@ impl Transfer {
                 break;
             }
             deadline.check(body.expected - body.received, Some(deadline::rate(body.received, started)))?;
-            slot = self.slot().await;
+            slot = self.slot(body.part_size()).await;
             bytes = body.next_part().await?;
         }
         while let Some(done) = uploads.join_next().await {

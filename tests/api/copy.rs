@@ -100,5 +100,5 @@ async fn hostile_file_names_stay_inside_the_export_folder() {
     let mut keys = app.file_keys().await;
     keys.sort();
     let folder = app.key(&id, "");
-    assert_eq!(keys, vec![format!("{folder}.._.._escape.csv.gz"), format!("{folder}_etc_passwd")]);
+    assert_eq!(keys, vec![format!("{folder}_._.._escape.csv.gz"), format!("{folder}_etc_passwd")]);
 }

@@ -168,11 +168,14 @@ impl TestApp {
         Some((body.collect().await.unwrap().to_vec(), output))
     }
 
-    /// The exports' files in the bucket, without manifests and the delivery and in-flight markers.
+    /// The exports' files in the bucket, without the ledger: manifests and the dot-named
+    /// objects beside them (no file's key starts with a dot).
     pub async fn file_keys(&self) -> Vec<String> {
         let mut keys = self.keys().await;
         keys.retain(|k| {
-            !k.ends_with("/manifest.json") && !k.contains("/.delivered/") && !k.ends_with("/.in-flight.json")
+            let in_export =
+                k.strip_prefix(&self.config.prefix).and_then(|k| k.split_once('/')).map(|(_, r)| r);
+            in_export.is_some_and(|rest| rest != "manifest.json" && !rest.starts_with('.'))
         });
         keys
     }

@@ -80,7 +80,12 @@ async fn a_long_retry_after_requeues_the_export_for_at_least_that_long() {
     assert!(failures.is_empty(), "the export is safely back on the queue");
     assert_eq!(app.sim.seen_matching("/v1/exports/").len(), 1, "no hammering");
     assert_eq!(app.delayed_count().await, 1);
-    assert_eq!(app.keys().await, vec![app.key(&id, ".in-flight.json")], "no file, only the poll marker");
+    assert_eq!(app.file_keys().await, Vec::<String>::new(), "no file");
+    assert_eq!(
+        app.keys().await,
+        vec![app.key(&id, ".chain.json"), app.key(&id, ".in-flight.json")],
+        "the poll chain"
+    );
 }
 
 #[tokio::test]

@@ -10,6 +10,8 @@ use axum::response::{IntoResponse, Response};
 use export_relay::startup;
 
 type FailWhen = dyn Fn(&str) -> bool + Send + Sync;
+/// An answer to give instead of moto's, chosen by method and `path?query`.
+type Rule = dyn Fn(&Method, &str) -> Option<(StatusCode, &'static str)> + Send + Sync;
 
 /// Stands between the relay and moto: records every request, and answers `503 SlowDown` to
 /// chosen `UploadPart` calls.
@@ -19,6 +21,7 @@ pub struct FaultyS3 {
     http: reqwest::Client,
     /// Fails the UploadPart tries whose query string satisfies this.
     fail: Arc<FailWhen>,
+    rule: Arc<Rule>,
     pub injected: Arc<AtomicUsize>,
     /// `METHOD path?query` of each request, in order.
     requests: Arc<Mutex<Vec<String>>>,
@@ -30,11 +33,23 @@ impl FaultyS3 {
         Self::start(|_| false).await
     }
 
+    /// A proxy that answers `rule`'s status and body where it gives one, and passes the rest.
+    pub async fn answering(
+        rule: impl Fn(&Method, &str) -> Option<(StatusCode, &'static str)> + Send + Sync + 'static,
+    ) -> (Self, String) {
+        Self::listen(Arc::new(|_: &str| false), Arc::new(rule)).await
+    }
+
     pub async fn start(fail: impl Fn(&str) -> bool + Send + Sync + 'static) -> (Self, String) {
+        Self::listen(Arc::new(fail), Arc::new(|_: &Method, _: &str| None)).await
+    }
+
+    async fn listen(fail: Arc<FailWhen>, rule: Arc<Rule>) -> (Self, String) {
         let proxy = Self {
             moto: std::env::var("AWS_ENDPOINT_URL").unwrap(),
             http: reqwest::Client::new(),
-            fail: Arc::new(fail),
+            fail,
+            rule,
             injected: Arc::default(),
             requests: Arc::default(),
         };
@@ -74,6 +89,11 @@ async fn forward(
 ) -> Response {
     let query = uri.query().unwrap_or_default();
     proxy.requests.lock().unwrap().push(format!("{method} {uri}"));
+    let path_and_query = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    if let Some((status, body)) = (proxy.rule)(&method, path_and_query) {
+        proxy.injected.fetch_add(1, Ordering::SeqCst);
+        return (status, body).into_response();
+    }
     let upload_part = method == Method::PUT && query.contains("partNumber=") && query.contains("uploadId=");
     if upload_part && (proxy.fail)(query) {
         proxy.injected.fetch_add(1, Ordering::SeqCst);
