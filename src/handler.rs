@@ -18,6 +18,7 @@ use crate::manifest::{Ledger, LedgerError, Manifest, ManifestFile};
 use crate::metrics::Metrics;
 use crate::notify::{Delivery, ErrorInfo, Event, EventData, EventType, FileRef, Notifier, NotifyError};
 use crate::requeue::{self, EnqueueError, Requeuer};
+use crate::retry::Retries;
 use crate::transfer::{self, Deadline, Destination, Transfer, TransferError};
 
 /// Exports a schedule checks at once; each may copy files, so keep it modest.
@@ -118,6 +119,8 @@ pub struct Relay {
     pub(crate) ledger: Ledger,
     pub(crate) notifier: Option<Notifier>,
     pub(crate) requeuer: Requeuer,
+    /// Hides failed records for the next step of the retry schedule.
+    pub(crate) retries: Retries,
     pub(crate) dead_letters: Option<DeadLetters>,
     pub(crate) prefix: String,
     pub(crate) poll: PollPolicy,
@@ -456,6 +459,7 @@ impl Relay {
     }
 
     /// True when the record is done with: relayed, or set aside as one that can never succeed.
+    /// One that is not waits out the next step of the retry schedule before SQS delivers it again.
     async fn handle_record(&self, record: SqsMessage, deadline: Deadline) -> bool {
         let body = record.body.as_deref().unwrap_or_default();
         let result = match ExportRequest::from_body(body) {
@@ -468,14 +472,18 @@ impl Relay {
             }
             Err(e) => Err(e.into()),
         };
-        match result {
+        let done = match result {
             Ok(_) => true,
             Err(e) if e.is_permanent() => self.set_aside(&record, &e).await,
             Err(e) => {
                 warn!(code = e.code(), error = %e, "record failed; SQS will deliver it again");
                 false
             }
+        };
+        if !done {
+            self.retries.schedule(&record).await;
         }
+        done
     }
 
     /// A record that can never succeed goes to the dead-letter queue with the reason, so it

@@ -13,6 +13,7 @@ pub mod manifest;
 pub mod metrics;
 pub mod notify;
 pub mod requeue;
+pub mod retry;
 pub mod secrets;
 pub mod startup;
 pub mod sweep;

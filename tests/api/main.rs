@@ -9,6 +9,7 @@ mod helpers;
 mod outcomes;
 mod poll;
 mod resume;
+mod retry;
 mod s3_proxy;
 mod schedule;
 mod sweep;
