@@ -3,19 +3,20 @@
 //! `manifest.json` is written last, with `If-None-Match: *`, as the commit marker: a consumer
 //! that sees it can trust every file it names, and a redelivered message that finds it copies
 //! nothing. A small marker per webhook type records that the webhook went out, so a redelivery
-//! sends only what is still owed.
+//! sends only what is still owed, and holds the event, so an operator can replay it.
 
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_sdk_s3::primitives::ByteStream;
 use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::dealmachine::Export;
 use crate::events::ExportId;
 use crate::integrity::SourceChecksums;
-use crate::notify::EventType;
+use crate::notify::{Event, EventData, EventType};
 
-/// Manifests are small; a larger one was not written by the relay.
+/// Manifests and markers are small; a larger one was not written by the relay.
 const MAX_MANIFEST_BYTES: usize = 8 * 1024 * 1024;
 
 /// What a relayed export's folder holds, written after every file is in place.
@@ -74,11 +75,40 @@ fn record_count_mismatch(record_count: Option<u64>, files: &[ManifestFile]) -> O
     }
 }
 
+/// What `.delivered/<type>.json` holds: that the webhook went out, and enough to send the same
+/// event again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeliveryRecord {
+    pub webhook_id: String,
+    #[serde(rename = "type")]
+    pub kind: EventType,
+    pub delivered_at: DateTime<Utc>,
+    /// The body's `timestamp`, so a replay sends the same body. Older markers have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamp: Option<String>,
+    /// The body's `data` without `files`: a completed export's files are in its manifest, and
+    /// presigned links must not be stored. Older markers have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<EventData>,
+}
+
+impl DeliveryRecord {
+    fn of(event: &Event) -> Self {
+        Self {
+            webhook_id: event.webhook_id(),
+            kind: event.kind,
+            delivered_at: Utc::now(),
+            timestamp: Some(event.timestamp.clone()),
+            data: Some(EventData { files: None, ..event.data.clone() }),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
     #[error("S3 {operation} on {key} failed: {message}")]
     S3 { operation: &'static str, key: String, message: String },
-    #[error("{key} is not a manifest this relay can read: {message}")]
+    #[error("{key} is not a manifest or delivery marker this relay can read: {message}")]
     Unreadable { key: String, message: String },
 }
 
@@ -153,14 +183,19 @@ impl Ledger {
 
     /// The committed manifest, if the export was relayed before.
     pub async fn committed(&self, id: &ExportId) -> Result<Option<Manifest>, LedgerError> {
-        let key = self.manifest_key(id);
-        let output = match self.s3.get_object().bucket(&self.bucket).key(&key).send().await {
+        self.get_json(&self.manifest_key(id)).await
+    }
+
+    /// An object the relay wrote as JSON, if it exists.
+    async fn get_json<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>, LedgerError> {
+        let output = match self.s3.get_object().bucket(&self.bucket).key(key).send().await {
             Ok(output) => output,
             Err(e) if e.as_service_error().is_some_and(|e| e.is_no_such_key()) => return Ok(None),
-            Err(e) => return Err(s3_error("GetObject", &key, e)),
+            Err(e) => return Err(s3_error("GetObject", key, e)),
         };
+        let unreadable = |message: String| LedgerError::Unreadable { key: key.to_string(), message };
         if output.content_length().unwrap_or_default() as usize > MAX_MANIFEST_BYTES {
-            return Err(LedgerError::Unreadable { key, message: "larger than 8 MiB".into() });
+            return Err(unreadable("larger than 8 MiB".into()));
         }
         let bytes = output
             .body
@@ -168,13 +203,11 @@ impl Ledger {
             .await
             .map_err(|e| LedgerError::S3 {
                 operation: "GetObject",
-                key: key.clone(),
+                key: key.to_string(),
                 message: e.to_string(),
             })?
             .into_bytes();
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| LedgerError::Unreadable { key, message: e.to_string() })
+        serde_json::from_slice(&bytes).map(Some).map_err(|e| unreadable(e.to_string()))
     }
 
     /// Writes the manifest unless one exists. If another run committed first, its manifest
@@ -212,15 +245,19 @@ impl Ledger {
         self.exists(&self.marker_key(id, event)).await.map(|modified| modified.is_some())
     }
 
-    pub async fn mark_delivered(
+    /// Records that `event` was delivered, with what it takes to replay it.
+    pub async fn mark_delivered(&self, id: &ExportId, event: &Event) -> Result<(), LedgerError> {
+        let body = serde_json::to_value(DeliveryRecord::of(event)).expect("markers always serialize");
+        self.put_json(&self.marker_key(id, event.kind), body).await
+    }
+
+    /// The record of this event's delivery, if it was delivered.
+    pub async fn delivery(
         &self,
         id: &ExportId,
         event: EventType,
-        webhook_id: &str,
-    ) -> Result<(), LedgerError> {
-        let body =
-            serde_json::json!({"webhook_id": webhook_id, "type": event.as_str(), "delivered_at": Utc::now()});
-        self.put_json(&self.marker_key(id, event), body).await
+    ) -> Result<Option<DeliveryRecord>, LedgerError> {
+        self.get_json(&self.marker_key(id, event)).await
     }
 }
 

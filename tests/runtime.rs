@@ -100,6 +100,8 @@ async fn a_full_run_logs_json_lines_with_export_fields_and_metrics_and_no_secret
 
     let response = function.invoke(&sqs_event(&[&done, &running, "../bad"])).await;
     assert_eq!(response, serde_json::json!({"batchItemFailures": []}));
+    let replayed = function.invoke(&serde_json::json!({"export_id": done, "replay": true})).await;
+    assert_eq!(replayed["replayed"], true);
     let (log, stderr) = function.stop();
 
     let lines: Vec<serde_json::Value> = log
@@ -119,6 +121,9 @@ async fn a_full_run_logs_json_lines_with_export_fields_and_metrics_and_no_secret
     }
     let dlq = lines.iter().find(|l| message(l).contains("dead-letter queue")).expect("a DLQ line");
     assert_eq!(dlq["span"]["message_id"], "m2");
+    let replay = lines.iter().find(|l| message(l) == "webhook replayed").expect("a replay line");
+    assert_eq!(replay["span"]["export_id"], done.as_str());
+    assert_eq!(replay["fields"]["webhook_id"], format!("export_completed_{done}"));
 
     let metrics: Vec<&serde_json::Value> = lines.iter().filter(|l| l.get("_aws").is_some()).collect();
     let named = |name: &str| {
@@ -134,6 +139,7 @@ async fn a_full_run_logs_json_lines_with_export_fields_and_metrics_and_no_secret
         "CreatedToDeliveredSeconds",
         "WebhookAttempts",
         "WebhookFailures",
+        "WebhookReplays",
         "ApiRateLimited",
         "ApiRateLimitRemaining",
     ] {
