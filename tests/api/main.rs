@@ -8,6 +8,7 @@ mod hardening;
 mod helpers;
 mod outcomes;
 mod poll;
+mod redrive;
 mod replay;
 mod resume;
 mod retry;
