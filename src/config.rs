@@ -10,6 +10,7 @@ use std::time::Duration;
 use url::Url;
 
 use crate::notify::SigningKeys;
+use crate::retry::{self, RetrySchedule};
 
 pub const DEFAULT_API_URL: &str = "https://api.v2.dealmachine.com/v1";
 pub const DEFAULT_PREFIX: &str = "dealmachine/exports/";
@@ -66,6 +67,8 @@ pub struct Config {
     pub dead_letter_queue_url: Option<String>,
     pub webhook: Option<WebhookConfig>,
     pub poll: PollPolicy,
+    /// How long a record that failed for a passing reason waits before SQS delivers it again.
+    pub retry_schedule: RetrySchedule,
     pub download_hosts: Vec<String>,
     pub allow_insecure_http: bool,
     pub s3_force_path_style: bool,
@@ -160,6 +163,7 @@ impl Config {
             dead_letter_queue_url: env.optional("DEAD_LETTER_QUEUE_URL"),
             webhook: webhook(&env, allow_insecure_http)?,
             poll,
+            retry_schedule: retry_schedule(&env)?,
             download_hosts: download_hosts(
                 &env.optional("DOWNLOAD_HOSTS").unwrap_or_else(|| DEFAULT_DOWNLOAD_HOSTS.into()),
             )?,
@@ -215,6 +219,11 @@ fn webhook(env: &Env<'_>, allow_insecure_http: bool) -> Result<Option<WebhookCon
         timeout: env.seconds("WEBHOOK_TIMEOUT_SECONDS", 10, 1..=300)?,
         retry: RetryPolicy::WEBHOOK,
     }))
+}
+
+fn retry_schedule(env: &Env<'_>) -> Result<RetrySchedule, ConfigError> {
+    let raw = env.optional("RETRY_SCHEDULE_SECONDS").unwrap_or_else(|| retry::DEFAULT_SCHEDULE.into());
+    RetrySchedule::parse(&raw).map_err(|expected| invalid("RETRY_SCHEDULE_SECONDS", &expected, raw))
 }
 
 fn prefix(raw: String) -> Result<String, ConfigError> {
@@ -345,6 +354,7 @@ mod tests {
         assert_eq!(config.poll.timeout, Duration::from_secs(86_400));
         assert!(config.webhook.is_none());
         assert!(!config.allow_insecure_http);
+        assert_eq!(config.retry_schedule, RetrySchedule::default());
     }
 
     #[test]
@@ -382,6 +392,8 @@ mod tests {
             ("PART_SIZE_MIB", "4"),
             ("PRESIGN_TTL_SECONDS", "604801"),
             ("STRICT_RECORD_COUNT", "yes"),
+            ("RETRY_SCHEDULE_SECONDS", "10,0"),
+            ("RETRY_SCHEDULE_SECONDS", "10,43201"),
         ];
         for (var, value) in cases {
             let err = with(&[(var, value)]).unwrap_err();

@@ -8,6 +8,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::notify::EventType;
+
 /// SQS's classic limit; an export request is a few hundred bytes.
 const MAX_BODY_BYTES: usize = 256 * 1024;
 /// Longest export ID accepted; anything longer is not an ID.
@@ -23,7 +25,7 @@ pub enum EventError {
     #[error("invalid export ID {0:?}: expected 1 to 64 letters, digits or '-'")]
     InvalidExportId(String),
     #[error(
-        "unrecognised event: expected an SQS batch, a schedule with export_ids, or {{\"export_id\": ...}}"
+        "unrecognised event: expected an SQS batch, a schedule with export_ids, {{\"export_id\": ...}}, or {{\"export_id\": ..., \"replay\": true}}"
     )]
     Unrecognised,
 }
@@ -143,6 +145,8 @@ pub enum Invocation {
     Sweep(SweepRequest),
     /// An operator or script asking for one export, and for the outcome in the response.
     Direct(ExportRequest),
+    /// An operator asking for an export's delivered webhook again.
+    Replay(ReplayRequest),
 }
 
 impl Invocation {
@@ -161,11 +165,24 @@ impl Invocation {
         if fields.contains_key("export_ids") || fields.contains_key("sweep") || fields.is_empty() {
             return schedule(Value::Object(fields));
         }
+        if fields.get("replay") == Some(&Value::Bool(true)) {
+            return serde_json::from_value(Value::Object(fields)).map(Invocation::Replay).map_err(data_error);
+        }
         if fields.contains_key("export_id") {
             return serde_json::from_value(Value::Object(fields)).map(Invocation::Direct).map_err(data_error);
         }
         Err(EventError::Unrecognised)
     }
+}
+
+/// `{"export_id": "...", "replay": true}`: send the export's webhook again, as it was delivered.
+/// `"type": "export.completed"` picks one event when the export had several; without it, the
+/// last one delivered is sent.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct ReplayRequest {
+    pub export_id: ExportId,
+    #[serde(default, rename = "type")]
+    pub kind: Option<EventType>,
 }
 
 /// What a sweep looks at.
@@ -296,6 +313,21 @@ mod tests {
         assert!(
             matches!(Invocation::classify(direct).unwrap(), Invocation::Direct(r) if r.metadata.is_some())
         );
+
+        let replay = json!({"export_id": ID, "replay": true});
+        assert!(
+            matches!(Invocation::classify(replay).unwrap(), Invocation::Replay(r) if r.kind.is_none() && r.export_id.as_str() == ID)
+        );
+        let one_type = json!({"export_id": ID, "replay": true, "type": "export.failed"});
+        assert!(
+            matches!(Invocation::classify(one_type).unwrap(), Invocation::Replay(r) if r.kind == Some(EventType::Failed))
+        );
+        let not_a_type = json!({"export_id": ID, "replay": true, "type": "export.done"});
+        assert!(matches!(Invocation::classify(not_a_type).unwrap_err(), EventError::Malformed(_)));
+        assert!(matches!(
+            Invocation::classify(json!({"export_id": ID, "replay": false})).unwrap(),
+            Invocation::Direct(_)
+        ));
 
         let sweeps = [
             json!({"detail-type": "Scheduled Event", "source": "aws.events", "detail": {}}),

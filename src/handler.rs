@@ -17,7 +17,9 @@ use crate::events::{EventError, ExportId, ExportRequest, Invocation};
 use crate::manifest::{Chain, ChainState, Ledger, LedgerError, Manifest, ManifestFile, Versioned};
 use crate::metrics::Metrics;
 use crate::notify::{Delivery, ErrorInfo, Event, EventData, EventType, FileRef, Notifier, NotifyError};
+use crate::replay::ReplayError;
 use crate::requeue::{self, EnqueueError, Requeuer};
+use crate::retry::Retries;
 use crate::transfer::{self, Copied, Deadline, Destination, Transfer, TransferError};
 
 /// Exports a schedule checks at once; each may copy files, so keep it modest.
@@ -79,6 +81,8 @@ pub enum RelayError {
     Enqueue(#[from] EnqueueError),
     #[error(transparent)]
     Ledger(#[from] LedgerError),
+    #[error(transparent)]
+    Replay(#[from] ReplayError),
     #[error("two files of the export map to the same key {0}; the API's file names must be unique")]
     DuplicateKey(String),
     #[error("{0}; not committed because STRICT_RECORD_COUNT is on")]
@@ -105,12 +109,13 @@ impl RelayError {
             Self::Notify(_) => "webhook_failed",
             Self::Enqueue(_) => "enqueue_failed",
             Self::Ledger(_) => "manifest_store_failed",
+            Self::Replay(e) => e.code(),
             Self::DuplicateKey(_) => "duplicate_file_name",
             Self::Unverified(_) => "record_count_mismatch",
         }
     }
 
-    fn info(&self) -> ErrorInfo {
+    pub(crate) fn info(&self) -> ErrorInfo {
         ErrorInfo { code: self.code().into(), message: self.to_string() }
     }
 }
@@ -121,6 +126,8 @@ pub struct Relay {
     pub(crate) ledger: Ledger,
     pub(crate) notifier: Option<Notifier>,
     pub(crate) requeuer: Requeuer,
+    /// Hides failed records for the next step of the retry schedule.
+    pub(crate) retries: Retries,
     pub(crate) dead_letters: Option<DeadLetters>,
     pub(crate) prefix: String,
     pub(crate) poll: PollPolicy,
@@ -132,7 +139,7 @@ pub struct Relay {
 }
 
 /// How an export ended, as the webhook tells it.
-struct Ending<'a> {
+pub(crate) struct Ending<'a> {
     kind: EventType,
     export: Option<&'a Export>,
     manifest: Option<&'a Manifest>,
@@ -140,7 +147,7 @@ struct Ending<'a> {
 }
 
 impl<'a> Ending<'a> {
-    fn completed(export: &'a Export, manifest: &'a Manifest) -> Self {
+    pub(crate) fn completed(export: &'a Export, manifest: &'a Manifest) -> Self {
         Self { kind: EventType::Completed, export: Some(export), manifest: Some(manifest), error: None }
     }
 
@@ -164,6 +171,10 @@ impl Relay {
             Invocation::Direct(request) => {
                 let span = info_span!("export", export_id = %request.export_id, attempt = request.attempt);
                 Ok(to_json(self.handle_direct(request, deadline).instrument(span).await?))
+            }
+            Invocation::Replay(request) => {
+                let span = info_span!("export", export_id = %request.export_id);
+                Ok(to_json(self.replay(request).instrument(span).await?))
             }
         }
     }
@@ -292,6 +303,19 @@ impl Relay {
             info!(event = event.kind.as_str(), "webhook was delivered before; not sent again");
             return Ok(());
         }
+        self.send_counted(notifier, event).await?;
+        if mark {
+            self.ledger.mark_delivered(id, event).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends the webhook, counting the tries and logging how it went.
+    pub(crate) async fn send_counted(
+        &self,
+        notifier: &Notifier,
+        event: &Event,
+    ) -> Result<Delivery, RelayError> {
         let sent = notifier.send(event).await;
         let tries = match &sent {
             Ok(Delivery::Delivered { tries }) => *tries,
@@ -299,16 +323,14 @@ impl Relay {
             Err(e) => e.tries().unwrap_or(1),
         };
         self.metrics.webhook(tries, sent.is_err());
-        match sent? {
+        let delivery = sent?;
+        match delivery {
             Delivery::Delivered { tries } => {
                 info!(event = event.kind.as_str(), webhook_id = %event.webhook_id(), tries, "webhook delivered")
             }
             Delivery::Gone => warn!(event = event.kind.as_str(), "webhook dropped: endpoint gone"),
         }
-        if mark {
-            self.ledger.mark_delivered(id, event.kind, &event.webhook_id()).await?;
-        }
-        Ok(())
+        Ok(delivery)
     }
 
     async fn copy_and_commit(&self, export: &Export, deadline: Deadline) -> Result<Manifest, RelayError> {
@@ -498,16 +520,25 @@ impl Relay {
         Ok(())
     }
 
-    /// Tells downstream how the export ended, and reports it.
-    async fn announce(&self, request: &ExportRequest, ending: Ending<'_>) -> Result<Report, RelayError> {
-        let kind = ending.kind;
+    /// The webhook event telling how the export ended, with links to its files if it has any.
+    pub(crate) async fn event(
+        &self,
+        request: &ExportRequest,
+        ending: &Ending<'_>,
+    ) -> Result<Event, RelayError> {
         let files = match ending.manifest {
             Some(manifest) => Some(self.file_refs(manifest).await?),
             None => None,
         };
+        Ok(Event::new(ending.kind, event_data(request, ending, files)))
+    }
+
+    /// Tells downstream how the export ended, and reports it.
+    async fn announce(&self, request: &ExportRequest, ending: Ending<'_>) -> Result<Report, RelayError> {
+        let kind = ending.kind;
+        let event = self.event(request, &ending).await?;
         match &self.notifier {
             Some(notifier) => {
-                let event = Event::new(kind, event_data(request, &ending, files.clone()));
                 self.notify_once(notifier, &request.export_id, &event, ending.export.is_some()).await?;
             }
             None => info!(event = kind.as_str(), "no WEBHOOK_URL set; nothing to notify"),
@@ -530,7 +561,7 @@ impl Relay {
             }
             None => info!(outcome = ?outcome, "export relayed"),
         }
-        Ok(Report { files, error: ending.error, ..Report::new(request, outcome) })
+        Ok(Report { files: event.data.files, error: ending.error, ..Report::new(request, outcome) })
     }
 
     /// Runs a batch's records at once; the response names only those worth retrying.
@@ -556,6 +587,7 @@ impl Relay {
     }
 
     /// True when the record is done with: relayed, or set aside as one that can never succeed.
+    /// One that is not waits out the next step of the retry schedule before SQS delivers it again.
     async fn handle_record(&self, record: SqsMessage, deadline: Deadline) -> bool {
         let body = record.body.as_deref().unwrap_or_default();
         let result = match ExportRequest::from_body(body) {
@@ -569,7 +601,7 @@ impl Relay {
             }
             Err(e) => Err(e.into()),
         };
-        match result {
+        let done = match result {
             Ok(_) => true,
             Err(e) if e.is_permanent() => self.set_aside(&record, &e).await,
             Err(e) => {
@@ -577,7 +609,11 @@ impl Relay {
                 self.metrics.record_failed(e.code());
                 false
             }
+        };
+        if !done {
+            self.retries.schedule(&record).await;
         }
+        done
     }
 
     /// A record that can never succeed goes to the dead-letter queue with the reason, so it

@@ -10,7 +10,7 @@
 //!   A record claims the next attempt before it sends it, so duplicates and retries never fork
 //!   the chain.
 //! - `.delivered/{type}.json` records that a webhook went out, so a redelivery sends only what is
-//!   still owed.
+//!   still owed, and holds the event, so an operator can replay it.
 
 use std::time::Duration;
 
@@ -24,9 +24,9 @@ use serde::{Deserialize, Serialize};
 use crate::dealmachine::Export;
 use crate::events::ExportId;
 use crate::integrity::SourceChecksums;
-use crate::notify::EventType;
+use crate::notify::{Event, EventData, EventType};
 
-/// Manifests are small; a larger one was not written by the relay.
+/// Manifests and markers are small; a larger one was not written by the relay.
 const MAX_MANIFEST_BYTES: usize = 8 * 1024 * 1024;
 /// A claim on the next poll by another message is taken over once it is this old and still not
 /// sent: its record died between the claim and the send. Longer than any SQS delay.
@@ -104,11 +104,40 @@ fn record_count_mismatch(record_count: Option<u64>, files: &[ManifestFile]) -> O
     }
 }
 
+/// What `.delivered/<type>.json` holds: that the webhook went out, and enough to send the same
+/// event again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeliveryRecord {
+    pub webhook_id: String,
+    #[serde(rename = "type")]
+    pub kind: EventType,
+    pub delivered_at: DateTime<Utc>,
+    /// The body's `timestamp`, so a replay sends the same body. Older markers have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamp: Option<String>,
+    /// The body's `data` without `files`: a completed export's files are in its manifest, and
+    /// presigned links must not be stored. Older markers have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<EventData>,
+}
+
+impl DeliveryRecord {
+    fn of(event: &Event) -> Self {
+        Self {
+            webhook_id: event.webhook_id(),
+            kind: event.kind,
+            delivered_at: Utc::now(),
+            timestamp: Some(event.timestamp.clone()),
+            data: Some(EventData { files: None, ..event.data.clone() }),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
     #[error("S3 {operation} on {key} failed: {message}")]
     S3 { operation: &'static str, key: String, message: String },
-    #[error("{key} is not a manifest this relay can read: {message}")]
+    #[error("{key} is not a manifest or delivery marker this relay can read: {message}")]
     Unreadable { key: String, message: String },
 }
 
@@ -371,15 +400,19 @@ impl Ledger {
         self.exists(&self.marker_key(id, event)).await.map(|modified| modified.is_some())
     }
 
-    pub async fn mark_delivered(
+    /// Records that `event` was delivered, with what it takes to replay it.
+    pub async fn mark_delivered(&self, id: &ExportId, event: &Event) -> Result<(), LedgerError> {
+        let body = serde_json::to_value(DeliveryRecord::of(event)).expect("markers always serialize");
+        self.put_json(&self.marker_key(id, event.kind), body).await
+    }
+
+    /// The record of this event's delivery, if it was delivered.
+    pub async fn delivery(
         &self,
         id: &ExportId,
         event: EventType,
-        webhook_id: &str,
-    ) -> Result<(), LedgerError> {
-        let body =
-            serde_json::json!({"webhook_id": webhook_id, "type": event.as_str(), "delivered_at": Utc::now()});
-        self.put_json(&self.marker_key(id, event), body).await
+    ) -> Result<Option<DeliveryRecord>, LedgerError> {
+        Ok(self.read_json(&self.marker_key(id, event)).await?.map(|m| m.value))
     }
 }
 

@@ -23,6 +23,8 @@ pub mod name {
     pub const CREATED_TO_DELIVERED_SECONDS: &str = "CreatedToDeliveredSeconds";
     pub const WEBHOOK_ATTEMPTS: &str = "WebhookAttempts";
     pub const WEBHOOK_FAILURES: &str = "WebhookFailures";
+    /// A delivered webhook sent again because an operator asked for it.
+    pub const WEBHOOK_REPLAYS: &str = "WebhookReplays";
     pub const API_RATE_LIMITED: &str = "ApiRateLimited";
     /// Count, with dimension `Code`: records reported as failed for SQS to deliver again.
     pub const RECORD_FAILURES: &str = "RecordFailures";
@@ -121,6 +123,10 @@ impl Metrics {
         );
     }
 
+    pub fn replayed(&self) {
+        self.emit(&[], &[(name::WEBHOOK_REPLAYS, 1.0, Unit::Count)]);
+    }
+
     pub fn api_answer(&self, rate_limited: usize, remaining: Option<u64>) {
         let mut values = vec![(name::API_RATE_LIMITED, rate_limited as f64, Unit::Count)];
         values.extend(remaining.map(|r| (name::API_RATE_REMAINING, r as f64, Unit::Count)));
@@ -213,13 +219,15 @@ mod tests {
         metrics.outcome("completed");
         metrics.file_copied(1024, 0.5);
         metrics.webhook(2, false);
+        metrics.replayed();
         let text = String::from_utf8(buffer.lock().unwrap().clone()).unwrap();
         let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-        assert_eq!(lines.len(), 3);
+        assert_eq!(lines.len(), 4);
         assert_eq!(lines[0]["Outcome"], "completed");
         assert_eq!(lines[0]["_aws"]["CloudWatchMetrics"][0]["Dimensions"], json!([["Outcome"]]));
         assert_eq!(lines[1]["BytesCopied"], 1024.0);
         assert_eq!(lines[1]["_aws"]["CloudWatchMetrics"][0]["Dimensions"], json!([[]]));
         assert_eq!(lines[2]["WebhookFailures"], 0.0);
+        assert_eq!(lines[3]["WebhookReplays"], 1.0);
     }
 }

@@ -8,7 +8,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use chrono::{DateTime, SecondsFormat, Utc};
 use hmac::{Hmac, Mac};
 use reqwest::{StatusCode, header, redirect};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::Sha256;
 use url::Url;
@@ -75,7 +75,7 @@ impl SigningKeys {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EventType {
     #[serde(rename = "export.completed")]
     Completed,
@@ -88,6 +88,8 @@ pub enum EventType {
 }
 
 impl EventType {
+    pub const ALL: [Self; 4] = [Self::Completed, Self::Failed, Self::Expired, Self::TimedOut];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Completed => "export.completed",
@@ -107,7 +109,7 @@ pub struct Event {
     pub data: EventData,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EventData {
     pub export_id: String,
     pub name: Option<String>,
@@ -128,7 +130,7 @@ pub struct EventData {
     pub error: Option<ErrorInfo>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileRef {
     pub filename: String,
     pub bucket: String,
@@ -143,7 +145,7 @@ pub struct FileRef {
     pub url: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorInfo {
     pub code: String,
     pub message: String,

@@ -10,6 +10,7 @@ use crate::manifest::Ledger;
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::requeue::Requeuer;
+use crate::retry::Retries;
 use crate::secrets::{self, SecretError, SecretSource};
 use crate::transfer::{Transfer, UrlPolicy};
 
@@ -71,6 +72,7 @@ pub fn build_relay(config: &Config, aws: &SdkConfig) -> Result<Relay, StartupErr
             .with_metrics(metrics.clone()),
         notifier: config.webhook.as_ref().map(Notifier::new).transpose()?,
         requeuer: Requeuer::new(sqs.clone(), config.queue_url.clone()),
+        retries: Retries::new(sqs.clone(), config.queue_url.clone(), config.retry_schedule.clone()),
         dead_letters: config.dead_letter_queue_url.clone().map(|url| DeadLetters::new(sqs, url)),
         prefix: config.prefix.clone(),
         poll: config.poll,

@@ -352,9 +352,11 @@ async fn stack_py(args: &[&str]) -> Value {
 
 /// Every AWS operation the function's code may call, and the IAM actions it needs. A call in
 /// `src/` missing here fails `the_function_role_grants_exactly_what_the_code_calls`.
-const CALLS: [(&str, &[&str]); 10] = [
+const CALLS: [(&str, &[&str]); 12] = [
     ("get_secret_value", &["secretsmanager:GetSecretValue"]),
     ("send_message", &["sqs:SendMessage"]),
+    ("change_message_visibility", &["sqs:ChangeMessageVisibility"]),
+    ("get_queue_url", &["sqs:GetQueueUrl"]),
     ("put_object", &["s3:PutObject"]),
     ("create_multipart_upload", &["s3:PutObject"]),
     ("upload_part", &["s3:PutObject"]),
@@ -371,7 +373,7 @@ const EVENT_SOURCE: [&str; 3] = ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs
 
 /// Every grant of the function's role: action, resource and condition in the template's own
 /// terms, and the stack condition under which the grant exists. Nothing else is allowed.
-const GRANTS: [(&str, &str, &str, &str); 14] = [
+const GRANTS: [(&str, &str, &str, &str); 16] = [
     (
         "secretsmanager:GetSecretValue",
         "If(HasApiKeySecretArn, DealMachineApiKeySecretArn, ApiKeySecret)",
@@ -389,6 +391,8 @@ const GRANTS: [(&str, &str, &str, &str); 14] = [
     ("sqs:ReceiveMessage", "RelayQueue.Arn", "", ""),
     ("sqs:DeleteMessage", "RelayQueue.Arn", "", ""),
     ("sqs:GetQueueAttributes", "RelayQueue.Arn", "", ""),
+    ("sqs:ChangeMessageVisibility", "RelayQueue.Arn", "", ""),
+    ("sqs:GetQueueUrl", "RelayQueue.Arn", "", ""),
     ("s3:PutObject", OBJECTS, "", ""),
     ("s3:GetObject", OBJECTS, "", ""),
     ("s3:AbortMultipartUpload", OBJECTS, "", ""),

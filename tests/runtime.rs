@@ -100,6 +100,8 @@ async fn a_full_run_logs_json_lines_with_export_fields_and_metrics_and_no_secret
 
     let response = function.invoke(&sqs_event(&[&done, &running, "../bad"])).await;
     assert_eq!(response, serde_json::json!({"batchItemFailures": []}));
+    let replayed = function.invoke(&serde_json::json!({"export_id": done, "replay": true})).await;
+    assert_eq!(replayed["replayed"], true);
     let (log, stderr) = function.stop();
 
     let lines: Vec<serde_json::Value> = log
@@ -119,6 +121,9 @@ async fn a_full_run_logs_json_lines_with_export_fields_and_metrics_and_no_secret
     }
     let dlq = lines.iter().find(|l| message(l).contains("dead-letter queue")).expect("a DLQ line");
     assert_eq!(dlq["span"]["message_id"], "m2");
+    let replay = lines.iter().find(|l| message(l) == "webhook replayed").expect("a replay line");
+    assert_eq!(replay["span"]["export_id"], done.as_str());
+    assert_eq!(replay["fields"]["webhook_id"], format!("export_completed_{done}"));
 
     let metrics: Vec<&serde_json::Value> = lines.iter().filter(|l| l.get("_aws").is_some()).collect();
     let named = |name: &str| {
@@ -134,6 +139,7 @@ async fn a_full_run_logs_json_lines_with_export_fields_and_metrics_and_no_secret
         "CreatedToDeliveredSeconds",
         "WebhookAttempts",
         "WebhookFailures",
+        "WebhookReplays",
         "ApiRateLimited",
         "ApiRateLimitRemaining",
     ] {
@@ -148,18 +154,31 @@ async fn a_full_run_logs_json_lines_with_export_fields_and_metrics_and_no_secret
     assert!(stderr.contains("Graceful shutdown completed"), "{stderr}");
 }
 
-#[test]
-fn a_missing_setting_stops_the_cold_start_with_one_clear_line() {
+/// Starts the binary with only these settings; returns what it printed, once it has stopped.
+fn cold_start(settings: &[(&str, &str)]) -> String {
     let output = Command::new(env!("CARGO_BIN_EXE_bootstrap"))
         .env_clear()
         .env("DEALMACHINE_API_KEY", "dm_sk_live_secret_value")
         .env("QUEUE_URL", "https://sqs.us-east-1.amazonaws.com/1/q")
         .env("AWS_LAMBDA_RUNTIME_API", "127.0.0.1:9/.rt")
+        .envs(settings.iter().copied())
         .output()
         .unwrap();
     assert!(!output.status.success());
-    let all =
-        format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+}
+
+#[test]
+fn a_missing_setting_stops_the_cold_start_with_one_clear_line() {
+    let all = cold_start(&[]);
     assert!(all.contains("DESTINATION_BUCKET is not set"), "{all}");
     assert!(!all.contains("dm_sk_live_secret_value"), "the key never shows: {all}");
+}
+
+#[test]
+fn a_bad_retry_schedule_stops_the_cold_start_with_one_clear_line() {
+    let all = cold_start(&[("DESTINATION_BUCKET", "b"), ("RETRY_SCHEDULE_SECONDS", "10,60,86400")]);
+    let line = all.lines().find(|l| l.contains("RETRY_SCHEDULE_SECONDS")).unwrap_or_else(|| panic!("{all}"));
+    assert!(line.contains("RETRY_SCHEDULE_SECONDS is invalid: whole seconds from 1 to 43200"), "{line}");
+    assert!(line.contains("86400"), "the value is named: {line}");
 }

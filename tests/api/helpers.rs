@@ -2,10 +2,11 @@
 //! DealMachine simulator with its file host, and a webhook receiver, all on loopback.
 #![allow(dead_code)] // Shared by several test binaries, each using part of it.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
+use aws_sdk_sqs::types::{MessageAttributeValue, MessageSystemAttributeName, QueueAttributeName};
 use dealmachine_sim::{ExportSpec, FileSpec, Receiver, SimOptions, Simulator};
 use export_relay::config::{Config, RetryPolicy};
 use export_relay::handler::Relay;
@@ -127,7 +128,32 @@ pub fn sqs_event(bodies: &[&str]) -> Value {
 pub struct QueuedMessage {
     pub body: Value,
     pub raw: String,
-    pub attributes: std::collections::HashMap<String, String>,
+    /// Message attributes, as strings.
+    pub attributes: HashMap<String, String>,
+    /// SQS's own attributes, such as `ApproximateReceiveCount`.
+    pub system: HashMap<String, String>,
+    pub message_id: String,
+    pub receipt_handle: String,
+}
+
+impl QueuedMessage {
+    /// The record Lambda's SQS poller makes of this message.
+    pub fn lambda_record(&self, queue_arn: &str) -> Value {
+        let attributes: serde_json::Map<String, Value> = self
+            .attributes
+            .iter()
+            .map(|(name, value)| {
+                let attribute = json!({"stringValue": value, "stringListValues": [], "binaryListValues": [],
+                                       "dataType": "String"});
+                (name.clone(), attribute)
+            })
+            .collect();
+        json!({
+            "messageId": self.message_id, "receiptHandle": self.receipt_handle, "body": self.raw,
+            "attributes": self.system, "messageAttributes": attributes, "md5OfBody": "",
+            "eventSource": "aws:sqs", "eventSourceARN": queue_arn, "awsRegion": "us-east-1"
+        })
+    }
 }
 
 impl TestApp {
@@ -252,27 +278,116 @@ impl TestApp {
                                 .collect()
                         })
                         .unwrap_or_default(),
+                    system: m
+                        .attributes()
+                        .map(|a| a.iter().map(|(k, v)| (k.as_str().to_string(), v.clone())).collect())
+                        .unwrap_or_default(),
+                    message_id: m.message_id().unwrap_or_default().to_string(),
+                    receipt_handle: m.receipt_handle().unwrap_or_default().to_string(),
                     raw,
                 }
             })
             .collect()
     }
 
-    pub async fn delayed_count(&self) -> u64 {
+    /// Sends `body` to a queue, with string message attributes.
+    pub async fn send(&self, queue_url: &str, body: &str, attributes: &HashMap<String, String>) {
+        let mut send = self.sqs.send_message().queue_url(queue_url).message_body(body);
+        for (name, value) in attributes {
+            let value =
+                MessageAttributeValue::builder().data_type("String").string_value(value).build().unwrap();
+            send = send.message_attributes(name, value);
+        }
+        send.send().await.expect("send to moto");
+    }
+
+    pub async fn delete(&self, queue_url: &str, message: &QueuedMessage) {
+        let delete = self.sqs.delete_message().queue_url(queue_url).receipt_handle(&message.receipt_handle);
+        delete.send().await.expect("delete from moto");
+    }
+
+    pub async fn set_queue_attribute(&self, queue_url: &str, name: QueueAttributeName, value: &str) {
+        let set = self.sqs.set_queue_attributes().queue_url(queue_url).attributes(name, value);
+        set.send().await.expect("set queue attributes in moto");
+    }
+
+    async fn queue_attribute(&self, queue_url: &str, name: QueueAttributeName) -> String {
         let attrs = self
             .sqs
             .get_queue_attributes()
-            .queue_url(&self.queue_url)
-            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesDelayed)
+            .queue_url(queue_url)
+            .attribute_names(name.clone())
             .send()
             .await
             .unwrap();
-        attrs
-            .attributes()
-            .and_then(|a| a.get(&QueueAttributeName::ApproximateNumberOfMessagesDelayed))
-            .unwrap()
-            .parse()
-            .unwrap()
+        attrs.attributes().and_then(|a| a.get(&name)).cloned().unwrap_or_default()
+    }
+
+    pub async fn queue_arn(&self, queue_url: &str) -> String {
+        self.queue_attribute(queue_url, QueueAttributeName::QueueArn).await
+    }
+
+    /// Messages on a queue: visible, and received but not yet visible again (in flight or
+    /// waiting out a retry).
+    pub async fn queue_depth(&self, queue_url: &str) -> (u64, u64) {
+        let count = |name| async move { self.queue_attribute(queue_url, name).await.parse::<u64>().unwrap() };
+        (
+            count(QueueAttributeName::ApproximateNumberOfMessages).await,
+            count(QueueAttributeName::ApproximateNumberOfMessagesNotVisible).await,
+        )
+    }
+
+    /// Does once what Lambda's SQS poller does: receives a batch from the relay queue, invokes
+    /// the relay with it, and deletes the records it did not report as failed. Returns what was
+    /// received, waiting up to `wait` for it.
+    pub async fn poll(&self, wait: Duration) -> Vec<QueuedMessage> {
+        self.poll_with(&self.relay, wait, |_| {}).await
+    }
+
+    /// `poll` with another relay, and the event edited before it is handed over.
+    pub async fn poll_with(
+        &self,
+        relay: &Relay,
+        wait: Duration,
+        edit: impl FnOnce(&mut Value),
+    ) -> Vec<QueuedMessage> {
+        let messages = self.receive(&self.queue_url, wait).await;
+        if messages.is_empty() {
+            return messages;
+        }
+        let arn = self.queue_arn(&self.queue_url).await;
+        let mut event =
+            json!({"Records": messages.iter().map(|m| m.lambda_record(&arn)).collect::<Vec<_>>()});
+        edit(&mut event);
+        let response =
+            relay.handle(event, Deadline::NONE).await.expect("an SQS batch always gets a response");
+        let failed: Vec<&str> = response["batchItemFailures"]
+            .as_array()
+            .expect("batchItemFailures")
+            .iter()
+            .map(|f| f["itemIdentifier"].as_str().unwrap())
+            .collect();
+        for message in messages.iter().filter(|m| !failed.contains(&m.message_id.as_str())) {
+            self.delete(&self.queue_url, message).await;
+        }
+        messages
+    }
+
+    /// Polls until a batch arrives, for at most `within`.
+    pub async fn poll_until(&self, within: Duration) -> Option<Vec<QueuedMessage>> {
+        let started = Instant::now();
+        while started.elapsed() < within {
+            let messages = self.poll(Duration::from_secs(1)).await;
+            if !messages.is_empty() {
+                return Some(messages);
+            }
+        }
+        None
+    }
+
+    pub async fn delayed_count(&self) -> u64 {
+        let delayed = QueueAttributeName::ApproximateNumberOfMessagesDelayed;
+        self.queue_attribute(&self.queue_url, delayed).await.parse().unwrap()
     }
 }
 
