@@ -12,6 +12,7 @@ pub mod integrity;
 pub mod manifest;
 pub mod metrics;
 pub mod notify;
+pub mod pages;
 pub mod requeue;
 pub mod secrets;
 pub mod startup;
