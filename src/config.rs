@@ -94,12 +94,24 @@ pub struct WebhookConfig {
     pub retry: RetryPolicy,
 }
 
-/// How a running export is polled: by re-enqueueing it with a growing delay.
+/// How a running export is polled: by re-enqueueing it with a delay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PollPolicy {
     pub initial_delay: Duration,
     pub max_delay: Duration,
     pub timeout: Duration,
+    pub schedule: PollSchedule,
+}
+
+/// How the delay before the next poll is chosen (`POLL_SCHEDULE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PollSchedule {
+    /// From the export's progress, when two polls show a pace; doubling otherwise.
+    #[default]
+    Progress,
+    /// Always doubling, whatever the export says about itself: for an API whose progress
+    /// misleads.
+    Doubling,
 }
 
 /// Retries inside one invocation, for answers that may succeed a moment later (429, 5xx).
@@ -133,6 +145,7 @@ impl Config {
             initial_delay: env.seconds("POLL_INITIAL_DELAY_SECONDS", 30, 0..=MAX_SQS_DELAY_SECONDS)?,
             max_delay: env.seconds("POLL_MAX_DELAY_SECONDS", 900, 1..=MAX_SQS_DELAY_SECONDS)?,
             timeout: env.seconds("POLL_TIMEOUT_SECONDS", 86_400, 1..=30 * 86_400)?,
+            schedule: poll_schedule(&env)?,
         };
         if poll.max_delay < poll.initial_delay {
             return Err(invalid(
@@ -207,6 +220,14 @@ fn webhook(env: &Env<'_>, allow_insecure_http: bool) -> Result<Option<WebhookCon
         timeout: env.seconds("WEBHOOK_TIMEOUT_SECONDS", 10, 1..=300)?,
         retry: RetryPolicy::WEBHOOK,
     }))
+}
+
+fn poll_schedule(env: &Env<'_>) -> Result<PollSchedule, ConfigError> {
+    match env.optional("POLL_SCHEDULE").map(|v| v.trim().to_ascii_lowercase()).as_deref() {
+        None | Some("progress") => Ok(PollSchedule::Progress),
+        Some("doubling") => Ok(PollSchedule::Doubling),
+        Some(other) => Err(invalid("POLL_SCHEDULE", "progress or doubling", other.to_string())),
+    }
 }
 
 fn prefix(raw: String) -> Result<String, ConfigError> {
@@ -335,6 +356,7 @@ mod tests {
         assert_eq!(config.poll.initial_delay, Duration::from_secs(30));
         assert_eq!(config.poll.max_delay, Duration::from_secs(900));
         assert_eq!(config.poll.timeout, Duration::from_secs(86_400));
+        assert_eq!(config.poll.schedule, PollSchedule::Progress);
         assert!(config.webhook.is_none());
         assert!(!config.allow_insecure_http);
     }
@@ -372,11 +394,18 @@ mod tests {
             ("PART_SIZE_MIB", "4"),
             ("PRESIGN_TTL_SECONDS", "604801"),
             ("STRICT_RECORD_COUNT", "yes"),
+            ("POLL_SCHEDULE", "fast"),
         ];
         for (var, value) in cases {
             let err = with(&[(var, value)]).unwrap_err();
             assert!(err.to_string().starts_with(&format!("{var} is invalid")), "{var}={value}: {err}");
         }
+    }
+
+    #[test]
+    fn the_doubling_schedule_can_be_chosen() {
+        let config = with(&[("POLL_SCHEDULE", "Doubling")]).unwrap();
+        assert_eq!(config.poll.schedule, PollSchedule::Doubling);
     }
 
     #[test]
