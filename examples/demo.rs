@@ -10,7 +10,7 @@ use std::fs::File;
 use std::time::{Duration, Instant};
 
 use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, MessageSystemAttributeName};
-use dealmachine_sim::{LocalLambda, Receiver, SimOptions, Simulator};
+use dealmachine_sim::{LocalLambda, Receiver, Shape, SimOptions, Simulator};
 use export_relay::startup;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -68,6 +68,8 @@ async fn run(step: &mut Step, started: Instant) -> Result<()> {
     let options = SimOptions {
         pending_for: Duration::from_secs(2),
         processing_for: Duration::from_secs(5),
+        // One export of each: progress the relay can time its polls by, and two it cannot.
+        shapes: vec![Shape::Steady, Shape::StuckThenFast, Shape::Jumping],
         rows_per_file: 20_000,
         files_per_export: 2,
         ..SimOptions::default()
@@ -211,7 +213,8 @@ async fn report(
                 format!("{} (+{:.1}s)", status.as_str(), (*at - first.unwrap_or(*at)).as_seconds_f64())
             })
             .collect();
-        println!("  {id}: {}", path.join(" -> "));
+        let polls = sim.seen_matching(&format!("/v1/exports/{id}")).len();
+        println!("  {id}: {}  ({polls} status requests)", path.join(" -> "));
     }
     println!("\nObjects in s3://{bucket}");
     let listed = s3.list_objects_v2().bucket(bucket).send().await?;

@@ -8,7 +8,7 @@ pub mod files;
 pub mod lambda;
 pub mod receiver;
 
-pub use api::{ApiFault, ExportSpec, Lifecycle, Seen, SimOptions, Simulator, Status};
+pub use api::{ApiFault, ExportSpec, Lifecycle, Seen, Shape, SimOptions, Simulator, Status};
 pub use content::CsvGz;
 pub use files::{DownloadFault, FileSpec, HashHeader};
 pub use lambda::LocalLambda;
