@@ -12,4 +12,5 @@ mod resume;
 mod s3_proxy;
 mod schedule;
 mod sweep;
+mod timing;
 mod webhook;
