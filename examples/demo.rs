@@ -9,11 +9,14 @@ use std::error::Error;
 use std::fs::File;
 use std::time::{Duration, Instant};
 
-use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, MessageSystemAttributeName};
+use aws_sdk_sqs::types::{Message, MessageSystemAttributeName};
 use dealmachine_sim::{LocalLambda, Receiver, Shape, SimOptions, Simulator};
 use export_relay::startup;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
+
+#[path = "shared/queue.rs"]
+mod queue;
 
 const SECRET: &str = "whsec_ZGVtby1zZWNyZXQtZm9yLWV4cG9ydC1yZWxheS0xMjM0NTY=";
 const DEADLINE: Duration = Duration::from_secs(120);
@@ -170,27 +173,15 @@ async fn deliver_once(sqs: &aws_sdk_sqs::Client, lambda: &LocalLambda, queue_url
         .iter()
         .filter_map(|f| f["itemIdentifier"].as_str())
         .collect();
-    let done: Vec<DeleteMessageBatchRequestEntry> = messages
-        .iter()
-        .filter(|m| !failed.contains(&m.message_id().unwrap_or_default()))
-        .enumerate()
-        .map(|(i, m)| {
-            DeleteMessageBatchRequestEntry::builder()
-                .id(i.to_string())
-                .receipt_handle(m.receipt_handle().unwrap_or_default())
-                .build()
-                .expect("id and handle are set")
-        })
-        .collect();
+    let done: Vec<&Message> =
+        messages.iter().filter(|m| !failed.contains(&m.message_id().unwrap_or_default())).collect();
     println!(
         "      invoked the function with {} record(s): {} done, {} to retry",
         messages.len(),
         done.len(),
         failed.len()
     );
-    if !done.is_empty() {
-        sqs.delete_message_batch().queue_url(queue_url).set_entries(Some(done)).send().await?;
-    }
+    queue::delete_done(sqs, queue_url, &done).await?;
     Ok(1)
 }
 
