@@ -205,8 +205,10 @@ async fn report(
             })
             .collect();
         let polls = sim.seen_matching(&format!("/v1/exports/{id}")).len();
-        println!("  {id}: {}  ({polls} status requests)", path.join(" -> "));
+        println!("  {id}: {}  ({polls} × GET /exports/{{id}})", path.join(" -> "));
     }
+    let pages = sim.seen().iter().filter(|s| s.path == "/v1/exports").count();
+    println!("  and {pages} list pages answering for a batch's due polls at once");
     println!("\nObjects in s3://{bucket}");
     let listed = s3.list_objects_v2().bucket(bucket).send().await?;
     for object in listed.contents() {
