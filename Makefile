@@ -4,11 +4,11 @@ VENV := .venv
 LINT_VENV := .venv-lint
 CHECKOV_VENV := .venv-checkov
 BENCH_VENV := .venv-bench
-BENCH_EXAMPLES := $(foreach e,bench_copy bench_gen bench_serve bench_sim bench_poll,--example $(e))
+BENCH_EXAMPLES := $(foreach e,bench_copy bench_gen bench_serve bench_sim bench_poll bench_poll_timing,--example $(e))
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export CARGO_LAMBDA := $(CURDIR)/$(VENV)/bin/cargo-lambda
 
-.PHONY: help venv test unit lint build deploy demo bench clean
+.PHONY: help venv test unit lint build deploy demo bench bench-poll clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
@@ -68,6 +68,11 @@ bench: venv $(BENCH_VENV)/.installed .bench-tools/bin/s3s-fs ## Benchmarks again
 	cargo build --release --locked --bin bootstrap $(BENCH_EXAMPLES)
 	cargo lambda build --release --arm64 --bin bootstrap --output-format zip
 	$(BENCH_VENV)/bin/python bench/run.py
+	$(BENCH_VENV)/bin/python bench/report.py
+
+bench-poll: venv $(BENCH_VENV)/.installed ## The polling table alone (about 10 min of real delays): into BENCHMARKS.md
+	cargo build --release --locked --example bench_poll_timing
+	$(BENCH_VENV)/bin/python bench/run.py --only poll-timing
 	$(BENCH_VENV)/bin/python bench/report.py
 
 clean: ## Remove build output and the local virtualenvs

@@ -1,9 +1,15 @@
-"""`make bench`: every benchmark of issue 8, side by side, on 127.0.0.1.
+"""`make bench`: every benchmark of issue 8, and the polling table of issue 18, on 127.0.0.1.
 
 Writes bench/results.json (raw numbers), bench/benchmarks.png and BENCHMARKS.md (both made from
 results.json by bench/report.py). Sizes and runs can be cut down while iterating:
 
     BENCH_SIZES=64 BENCH_RUNS=1 BENCH_PARTS=skip python bench/run.py
+
+One part can be measured again alone, keeping the rest of results.json:
+
+    python bench/run.py --only poll-timing      # or init, sizes
+
+BENCH_EXAMPLES_DIR points at other builds of the examples (`target/debug/examples`, say).
 """
 
 import json
@@ -24,7 +30,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
-EXAMPLES = TARGET / "release" / "examples"
+EXAMPLES = Path(os.environ.get("BENCH_EXAMPLES_DIR", TARGET / "release" / "examples"))
 BOOTSTRAP = TARGET / "release" / "bootstrap"
 VENV = ROOT / ".venv-bench" / "bin"
 PY = str(VENV / "python")
@@ -40,6 +46,9 @@ TUNE = os.environ.get("BENCH_PARTS", "5x2,5x4,5x8,8x2,8x4,8x8,16x2,16x4,16x8")
 TUNE_SIZE = int(os.environ.get("BENCH_TUNE_SIZE", "256"))
 TUNE_RUNS = int(os.environ.get("BENCH_TUNE_RUNS", str(RUNS)))
 POLL_BATCHES = int(os.environ.get("BENCH_POLL_BATCHES", "20"))
+# Export runs in seconds: 5, 10, 30 minutes and 2 hours at the defaults, scaled down 15 times.
+POLL_RUNS = os.environ.get("BENCH_POLL_RUNS", "20,40,120,480")
+POLL_REPEATS = os.environ.get("BENCH_POLL_REPEATS", "3")
 INIT_RUNS = int(os.environ.get("BENCH_INIT_RUNS", "10"))
 BUCKET = "bench"
 
@@ -250,18 +259,24 @@ def bench_s3_alone(files, s3):
 # ---------------------------------------------------------------- poll
 
 
-def bench_poll():
-    import boto3
-
+def start_moto():
+    """moto's server (S3 and SQS) on a free port: the process and its endpoint."""
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
     moto_log = open(TARGET / "bench-moto.log", "w")
     moto = subprocess.Popen([str(MOTO), "-H", "127.0.0.1", "-p", str(port)],
                             stdout=moto_log, stderr=subprocess.STDOUT)
+    wait_http(f"{endpoint}/moto-api/", moto)
+    return moto, endpoint
+
+
+def bench_poll():
+    import boto3
+
+    moto, endpoint = start_moto()
     sim = subprocess.Popen([str(EXAMPLES / "bench_sim"), "10"], stdin=subprocess.PIPE,
                            stdout=subprocess.PIPE, text=True)
     try:
-        wait_http(f"{endpoint}/moto-api/", moto)
         info = json.loads(sim.stdout.readline())
         env = aws_env(endpoint)
         sqs = boto3.client("sqs", endpoint_url=endpoint, region_name="us-east-1",
@@ -291,6 +306,29 @@ def bench_poll():
     finally:
         sim.stdin.close()
         sim.wait(10)
+        stop(moto)
+
+
+def bench_poll_timing():
+    """The polling table: exports of several durations relayed as moto's SQS delivers the relay's
+    own delayed messages, on the doubling schedule and the progress-aware one, and batches of
+    due polls (examples/bench_poll_timing.rs). Real delays: it takes as long as the longest run."""
+    moto, endpoint = start_moto()
+    try:
+        env = aws_env(endpoint)
+        env.update(BENCH_POLL_RUNS=POLL_RUNS, BENCH_POLL_REPEATS=POLL_REPEATS)
+        log(f"poll timing: runs {POLL_RUNS} s, {POLL_REPEATS} of each; this takes as long as the "
+            "longest run, and a bit")
+        p = subprocess.run([str(EXAMPLES / "bench_poll_timing")], env=env, capture_output=True,
+                           text=True)
+        if p.returncode != 0:
+            raise RuntimeError(f"bench_poll_timing failed ({p.returncode}): {p.stderr[-2000:]}")
+        out = json.loads(p.stdout.strip().splitlines()[-1])
+        out["build"] = EXAMPLES.parent.name
+        out["date"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+        log(f"poll timing: {len(out['exports'])} exports in {out['seconds']:.0f} s")
+        return out
+    finally:
         stop(moto)
 
 
@@ -418,6 +456,7 @@ def main():
         stop(source)
         shutil.rmtree(S3ROOT, ignore_errors=True)
     results["poll"] = bench_poll()
+    results["poll_timing"] = bench_poll_timing()
     results["init"] = bench_init()
     results["sizes"] = sizes()
     results["seconds"] = time.time() - started
@@ -428,16 +467,30 @@ def main():
     log(f"wrote {out} after {results['seconds']:.0f} s")
 
 
+# The parts that can be measured again alone: --only NAME, and their keys in results.json.
+PARTS = {"poll-timing": ("poll_timing", bench_poll_timing), "init": ("init", bench_init),
+         "sizes": ("sizes", sizes)}
+
+
+def only(name):
+    """Measures one part again, keeping the rest of results.json."""
+    if name not in PARTS:
+        sys.exit(f"bench/run.py: --only takes one of {', '.join(PARTS)}, not {name!r}")
+    key, measure = PARTS[name]
+    out = ROOT / "bench" / "results.json"
+    results = json.loads(out.read_text())
+    results[key] = measure()
+    out.write_text(json.dumps(results, indent=1) + "\n")
+    log(f"wrote {key} into {out}")
+
+
 if __name__ == "__main__":
-    if sys.argv[1:] == ["--init-only"]:  # re-measure start-up alone
-        out = ROOT / "bench" / "results.json"
-        results = json.loads(out.read_text())
-        results["init"] = bench_init()
-        out.write_text(json.dumps(results, indent=1) + "\n")
-    elif sys.argv[1:] == ["--sizes-only"]:  # refresh the binary sizes after a later build
-        out = ROOT / "bench" / "results.json"
-        results = json.loads(out.read_text())
-        results["sizes"] = sizes()
-        out.write_text(json.dumps(results, indent=1) + "\n")
-    else:
+    args = sys.argv[1:]
+    if len(args) == 2 and args[0] == "--only":
+        only(args[1])
+    elif args in (["--init-only"], ["--sizes-only"]):  # the older spellings
+        only(args[0][2:-5])
+    elif not args:
         main()
+    else:
+        sys.exit("usage: bench/run.py [--only poll-timing|init|sizes]")

@@ -9,11 +9,14 @@ use std::error::Error;
 use std::fs::File;
 use std::time::{Duration, Instant};
 
-use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, MessageSystemAttributeName};
-use dealmachine_sim::{LocalLambda, Receiver, SimOptions, Simulator};
+use aws_sdk_sqs::types::{Message, MessageSystemAttributeName};
+use dealmachine_sim::{LocalLambda, Receiver, Shape, SimOptions, Simulator};
 use export_relay::startup;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
+
+#[path = "shared/queue.rs"]
+mod queue;
 
 const SECRET: &str = "whsec_ZGVtby1zZWNyZXQtZm9yLWV4cG9ydC1yZWxheS0xMjM0NTY=";
 const DEADLINE: Duration = Duration::from_secs(120);
@@ -68,6 +71,8 @@ async fn run(step: &mut Step, started: Instant) -> Result<()> {
     let options = SimOptions {
         pending_for: Duration::from_secs(2),
         processing_for: Duration::from_secs(5),
+        // One export of each: progress the relay can time its polls by, and two it cannot.
+        shapes: vec![Shape::Steady, Shape::StuckThenFast, Shape::Jumping],
         rows_per_file: 20_000,
         files_per_export: 2,
         // Each export's first file breaks off once, to show the relay resuming it.
@@ -170,27 +175,15 @@ async fn deliver_once(sqs: &aws_sdk_sqs::Client, lambda: &LocalLambda, queue_url
         .iter()
         .filter_map(|f| f["itemIdentifier"].as_str())
         .collect();
-    let done: Vec<DeleteMessageBatchRequestEntry> = messages
-        .iter()
-        .filter(|m| !failed.contains(&m.message_id().unwrap_or_default()))
-        .enumerate()
-        .map(|(i, m)| {
-            DeleteMessageBatchRequestEntry::builder()
-                .id(i.to_string())
-                .receipt_handle(m.receipt_handle().unwrap_or_default())
-                .build()
-                .expect("id and handle are set")
-        })
-        .collect();
+    let done: Vec<&Message> =
+        messages.iter().filter(|m| !failed.contains(&m.message_id().unwrap_or_default())).collect();
     println!(
         "      invoked the function with {} record(s): {} done, {} to retry",
         messages.len(),
         done.len(),
         failed.len()
     );
-    if !done.is_empty() {
-        sqs.delete_message_batch().queue_url(queue_url).set_entries(Some(done)).send().await?;
-    }
+    queue::delete_done(sqs, queue_url, &done).await?;
     Ok(1)
 }
 
@@ -213,7 +206,8 @@ async fn report(
                 format!("{} (+{:.1}s)", status.as_str(), (*at - first.unwrap_or(*at)).as_seconds_f64())
             })
             .collect();
-        println!("  {id}: {}", path.join(" -> "));
+        let polls = sim.seen_matching(&format!("/v1/exports/{id}")).len();
+        println!("  {id}: {}  ({polls} × GET /exports/{{id}})", path.join(" -> "));
     }
     println!("\nDownloads, as the file host saw them");
     for get in sim.seen_matching("/files/") {
@@ -221,6 +215,8 @@ async fn report(
             get.header("range").map_or("whole file".to_string(), |r| format!("Range: {r} (a resume)"));
         println!("  {}  {asked}  -> {}", get.path, get.status);
     }
+    let pages = sim.seen().iter().filter(|s| s.path == "/v1/exports").count();
+    println!("  and {pages} list pages answering for a batch's due polls at once");
     println!("\nObjects in s3://{bucket}");
     let listed = s3.list_objects_v2().bucket(bucket).send().await?;
     for object in listed.contents() {

@@ -102,12 +102,24 @@ pub struct WebhookConfig {
     pub retry: RetryPolicy,
 }
 
-/// How a running export is polled: by re-enqueueing it with a growing delay.
+/// How a running export is polled: by re-enqueueing it with a delay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PollPolicy {
     pub initial_delay: Duration,
     pub max_delay: Duration,
     pub timeout: Duration,
+    pub schedule: PollSchedule,
+}
+
+/// How the delay before the next poll is chosen (`POLL_SCHEDULE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PollSchedule {
+    /// From the export's progress, when two polls show a pace; doubling otherwise.
+    #[default]
+    Progress,
+    /// Always doubling, whatever the export says about itself: for an API whose progress
+    /// misleads.
+    Doubling,
 }
 
 /// Retries inside one invocation, for answers that may succeed a moment later (429, 5xx).
@@ -142,6 +154,7 @@ impl Config {
             initial_delay: env.seconds("POLL_INITIAL_DELAY_SECONDS", 30, 1..=MAX_SQS_DELAY_SECONDS)?,
             max_delay: env.seconds("POLL_MAX_DELAY_SECONDS", 900, 1..=MAX_SQS_DELAY_SECONDS)?,
             timeout: env.seconds("POLL_TIMEOUT_SECONDS", 86_400, 1..=30 * 86_400)?,
+            schedule: poll_schedule(&env)?,
         };
         if poll.max_delay < poll.initial_delay {
             return Err(invalid(
@@ -224,6 +237,14 @@ fn webhook(env: &Env<'_>, allow_insecure_http: bool) -> Result<Option<WebhookCon
 fn retry_schedule(env: &Env<'_>) -> Result<RetrySchedule, ConfigError> {
     let raw = env.optional("RETRY_SCHEDULE_SECONDS").unwrap_or_else(|| retry::DEFAULT_SCHEDULE.into());
     RetrySchedule::parse(&raw).map_err(|expected| invalid("RETRY_SCHEDULE_SECONDS", &expected, raw))
+}
+
+fn poll_schedule(env: &Env<'_>) -> Result<PollSchedule, ConfigError> {
+    match env.optional("POLL_SCHEDULE").map(|v| v.trim().to_ascii_lowercase()).as_deref() {
+        None | Some("progress") => Ok(PollSchedule::Progress),
+        Some("doubling") => Ok(PollSchedule::Doubling),
+        Some(other) => Err(invalid("POLL_SCHEDULE", "progress or doubling", other.to_string())),
+    }
 }
 
 fn prefix(raw: String) -> Result<String, ConfigError> {
@@ -352,6 +373,7 @@ mod tests {
         assert_eq!(config.poll.initial_delay, Duration::from_secs(30));
         assert_eq!(config.poll.max_delay, Duration::from_secs(900));
         assert_eq!(config.poll.timeout, Duration::from_secs(86_400));
+        assert_eq!(config.poll.schedule, PollSchedule::Progress);
         assert!(config.webhook.is_none());
         assert!(!config.allow_insecure_http);
         assert_eq!(config.retry_schedule, RetrySchedule::default());
@@ -394,11 +416,18 @@ mod tests {
             ("STRICT_RECORD_COUNT", "yes"),
             ("RETRY_SCHEDULE_SECONDS", "10,0"),
             ("RETRY_SCHEDULE_SECONDS", "10,43201"),
+            ("POLL_SCHEDULE", "fast"),
         ];
         for (var, value) in cases {
             let err = with(&[(var, value)]).unwrap_err();
             assert!(err.to_string().starts_with(&format!("{var} is invalid")), "{var}={value}: {err}");
         }
+    }
+
+    #[test]
+    fn the_doubling_schedule_can_be_chosen() {
+        let config = with(&[("POLL_SCHEDULE", "Doubling")]).unwrap();
+        assert_eq!(config.poll.schedule, PollSchedule::Doubling);
     }
 
     #[test]

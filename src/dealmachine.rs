@@ -1,4 +1,5 @@
-//! The DealMachine exports API, as far as the relay needs it: `GET /exports/{id}`.
+//! The DealMachine exports API, as far as the relay needs it: `GET /exports/{id}` and the list,
+//! `GET /exports?status=…`.
 
 use std::sync::RwLock;
 use std::time::{Duration, Instant};
@@ -72,7 +73,7 @@ impl Export {
 }
 
 /// The export as read, plus what the answer said about the rate limit.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Fetched {
     pub export: Export,
     pub rate: RateInfo,

@@ -62,8 +62,8 @@ impl<'de> Deserialize<'de> for ExportId {
 
 /// "Relay this export": what an SQS record, a schedule entry or a direct invoke asks for.
 ///
-/// It is also the body of the message that re-enqueues a running export, so `attempt` and
-/// `first_seen_at` travel with it from poll to poll.
+/// It is also the body of the message that re-enqueues a running export, so `attempt`,
+/// `first_seen_at` and `last_seen` travel with it from poll to poll.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExportRequest {
     pub export_id: ExportId,
@@ -80,6 +80,22 @@ pub struct ExportRequest {
     /// over the poll it claimed. Never part of the body.
     #[serde(skip)]
     pub message_id: Option<String>,
+    /// The progress the previous poll saw, so this one can estimate when the export finishes.
+    /// Absent in bodies written before it existed, and when the API showed no progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen: Option<LastSeen>,
+}
+
+/// What one poll saw of a running export's `progress`, and when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastSeen {
+    /// The API's `progress`, 0 to 100.
+    pub progress: u32,
+    pub at: DateTime<Utc>,
+    /// The poll before saw the same progress: the next change ends a stall, and the pace over
+    /// it mixes the stall with the new speed, so it is no pace to extrapolate.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stalled: bool,
 }
 
 fn first_attempt() -> u32 {
@@ -88,7 +104,7 @@ fn first_attempt() -> u32 {
 
 impl ExportRequest {
     pub fn new(export_id: ExportId) -> Self {
-        Self { export_id, metadata: None, attempt: 1, first_seen_at: None, message_id: None }
+        Self { export_id, metadata: None, attempt: 1, first_seen_at: None, last_seen: None, message_id: None }
     }
 
     /// Parses an SQS body: a bare export ID, or `{"export_id": ..., "metadata": {...}}`.
@@ -112,11 +128,12 @@ impl ExportRequest {
         self.message_id.as_deref().unwrap_or("invoke")
     }
 
-    /// The request for the next poll of a still-running export.
-    pub fn next_poll(&self, now: DateTime<Utc>) -> Self {
+    /// The request for the next poll of a still-running export, carrying what this one saw.
+    pub fn next_poll(&self, now: DateTime<Utc>, last_seen: Option<LastSeen>) -> Self {
         Self {
             attempt: self.attempt.saturating_add(1),
             first_seen_at: Some(self.first_seen_at.unwrap_or(now)),
+            last_seen,
             message_id: None,
             ..self.clone()
         }
@@ -245,6 +262,7 @@ mod tests {
         assert_eq!(request.attempt, 1);
         assert_eq!(request.metadata, None);
         assert_eq!(request.first_seen_at, None);
+        assert_eq!(request.last_seen, None);
     }
 
     #[test]
@@ -286,13 +304,36 @@ mod tests {
     }
 
     #[test]
-    fn next_poll_counts_attempts_and_keeps_the_first_sighting() {
+    fn next_poll_counts_attempts_keeps_the_first_sighting_and_carries_the_last() {
         let now = Utc::now();
         let first = ExportRequest::new(ExportId::parse(ID).unwrap());
-        let second = first.next_poll(now);
-        assert_eq!((second.attempt, second.first_seen_at), (2, Some(now)));
-        let third = second.next_poll(now + chrono::Duration::minutes(5));
-        assert_eq!((third.attempt, third.first_seen_at), (3, Some(now)));
+        let seen = LastSeen { progress: 40, at: now, stalled: false };
+        let second = first.next_poll(now, Some(seen));
+        assert_eq!((second.attempt, second.first_seen_at, second.last_seen), (2, Some(now), Some(seen)));
+        let third = second.next_poll(now + chrono::Duration::minutes(5), None);
+        assert_eq!((third.attempt, third.first_seen_at, third.last_seen), (3, Some(now), None));
+    }
+
+    #[test]
+    fn bodies_written_before_last_seen_existed_still_parse() {
+        let old = json!({"export_id": ID, "metadata": null, "attempt": 3,
+                         "first_seen_at": "2026-02-17T15:30:00Z"})
+        .to_string();
+        let request = ExportRequest::from_body(&old).unwrap();
+        assert_eq!((request.attempt, request.last_seen), (3, None));
+    }
+
+    #[test]
+    fn last_seen_round_trips_and_stays_out_of_bodies_without_it() {
+        let at = "2026-02-17T15:31:00Z".parse().unwrap();
+        let mut request = ExportRequest::new(ExportId::parse(ID).unwrap());
+        assert!(!serde_json::to_string(&request).unwrap().contains("last_seen"));
+        request.last_seen = Some(LastSeen { progress: 37, at, stalled: false });
+        let body = serde_json::to_value(&request).unwrap();
+        assert_eq!(body["last_seen"], json!({"progress": 37, "at": "2026-02-17T15:31:00Z"}));
+        assert_eq!(ExportRequest::from_body(&body.to_string()).unwrap(), request);
+        let stalled = json!({"export_id": ID, "last_seen": {"progress": 5, "at": at, "stalled": true}});
+        assert!(ExportRequest::from_body(&stalled.to_string()).unwrap().last_seen.unwrap().stalled);
     }
 
     #[test]

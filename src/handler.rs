@@ -12,13 +12,13 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::config::PollPolicy;
 use crate::deadletter::DeadLetters;
-use crate::dealmachine::{ApiError, DealMachineClient, DownloadFile, Export, ExportStatus};
+use crate::dealmachine::{ApiError, DealMachineClient, DownloadFile, Export, ExportStatus, Fetched};
 use crate::events::{EventError, ExportId, ExportRequest, Invocation};
 use crate::manifest::{Chain, ChainState, Ledger, LedgerError, Manifest, ManifestFile, Versioned};
 use crate::metrics::Metrics;
 use crate::notify::{Delivery, ErrorInfo, Event, EventData, EventType, FileRef, Notifier, NotifyError};
 use crate::replay::ReplayError;
-use crate::requeue::{self, EnqueueError, Requeuer};
+use crate::requeue::{self, EnqueueError, Fallback, Requeuer};
 use crate::retry::Retries;
 use crate::transfer::{self, Copied, Deadline, Destination, Transfer, TransferError};
 
@@ -160,6 +160,13 @@ impl<'a> Ending<'a> {
     }
 }
 
+/// What a look at the export's state found.
+enum Lookup {
+    Seen(Box<Fetched>),
+    /// Rate limited for longer than an invocation waits: poll again after this.
+    Throttled(Option<std::time::Duration>),
+}
+
 impl Relay {
     /// The Lambda entry point: an SQS batch, a schedule, a sweep or a direct invoke in, the
     /// matching response out.
@@ -180,7 +187,13 @@ impl Relay {
     }
 
     /// Relays one export as far as it can go now. This is the whole flow, top to bottom.
-    pub async fn relay(&self, request: &ExportRequest, deadline: Deadline) -> Result<Report, RelayError> {
+    /// `listed` is the export as a batch's list pages showed it, which saves its own `GET`.
+    pub async fn relay(
+        &self,
+        request: &ExportRequest,
+        listed: Option<Fetched>,
+        deadline: Deadline,
+    ) -> Result<Report, RelayError> {
         // A duplicate of a poll, or a retry its successor has overtaken, costs no API request.
         let chain = self.ledger.chain(&request.export_id).await?;
         if let Some(ahead) =
@@ -188,22 +201,11 @@ impl Relay {
         {
             return Ok(self.overtaken(request, &ahead.value));
         }
-        let fetched = match self.api.get_export(&request.export_id).await {
-            Ok(fetched) => fetched,
-            Err(ApiError::RateLimited { rate, .. }) => {
-                self.metrics.api_answer(rate.rate_limited, rate.remaining);
-                return self.poll_later(request, chain.as_ref(), rate.throttled_for).await;
-            }
-            Err(e) if e.is_unreadable_export() => {
-                let error = RelayError::from(e);
-                self.announce(request, Ending::from_error(EventType::Failed, None, &error)).await?;
-                return Err(error);
-            }
-            Err(e) => return Err(e.into()),
+        let fetched = match self.look_up(request, listed).await? {
+            Lookup::Seen(fetched) => *fetched,
+            Lookup::Throttled(wait) => return self.poll_later(request, chain.as_ref(), None, wait).await,
         };
-        self.metrics.api_answer(fetched.rate.rate_limited, fetched.rate.remaining);
         let export = &fetched.export;
-        info!(status = ?export.status, progress = export.progress, stage = export.progress_stage.as_deref(), "status fetched");
         match export.status {
             ExportStatus::Pending | ExportStatus::Processing if self.polled_too_long(request) => {
                 let message =
@@ -215,7 +217,7 @@ impl Relay {
                 .await
             }
             ExportStatus::Pending | ExportStatus::Processing => {
-                self.poll_later(request, chain.as_ref(), fetched.rate.throttled_for).await
+                self.poll_later(request, chain.as_ref(), Some(export), fetched.rate.throttled_for).await
             }
             ExportStatus::Failed => {
                 let stage = export.progress_stage.as_deref().unwrap_or("unknown");
@@ -228,6 +230,34 @@ impl Relay {
             }
             ExportStatus::Completed => self.relay_completed(request, export, deadline).await,
         }
+    }
+
+    /// The export's state: as the list pages showed it, or from its own `GET`. An export the API
+    /// will not show us is announced as failed here.
+    async fn look_up(&self, request: &ExportRequest, listed: Option<Fetched>) -> Result<Lookup, RelayError> {
+        let from_list = listed.is_some();
+        let fetched = match listed {
+            Some(listed) => listed,
+            None => match self.api.get_export(&request.export_id).await {
+                Ok(fetched) => {
+                    self.metrics.api_answer(fetched.rate.rate_limited, fetched.rate.remaining);
+                    fetched
+                }
+                Err(ApiError::RateLimited { rate, .. }) => {
+                    self.metrics.api_answer(rate.rate_limited, rate.remaining);
+                    return Ok(Lookup::Throttled(rate.throttled_for));
+                }
+                Err(e) if e.is_unreadable_export() => {
+                    let error = RelayError::from(e);
+                    self.announce(request, Ending::from_error(EventType::Failed, None, &error)).await?;
+                    return Err(error);
+                }
+                Err(e) => return Err(e.into()),
+            },
+        };
+        let export = &fetched.export;
+        info!(status = ?export.status, progress = export.progress, stage = export.progress_stage.as_deref(), listed = from_list, "status fetched");
+        Ok(Lookup::Seen(Box::new(fetched)))
     }
 
     /// Copies a completed export's files and commits its manifest, unless an earlier run did.
@@ -352,29 +382,28 @@ impl Relay {
         (Utc::now() - first_seen).to_std().unwrap_or_default() >= self.poll.timeout
     }
 
-    /// Re-enqueues a running export. The next attempt is claimed in the ledger first, so of
-    /// two copies of this record only one sends it; a failed send fails the record, and its
-    /// retry, finding its own claim, sends again. Only once the message is on the queue is the
-    /// current record done.
+    /// Re-enqueues a running export, carrying what this poll saw (`export`, none when the API
+    /// gave no answer to read). The next attempt is claimed in the ledger first, so of two
+    /// copies of this record only one sends it; a failed send fails the record, and its retry,
+    /// finding its own claim, sends again. Only once the message is on the queue is the current
+    /// record done.
     async fn poll_later(
         &self,
         request: &ExportRequest,
         chain: Option<&Versioned<Chain>>,
+        export: Option<&Export>,
         throttled_for: Option<std::time::Duration>,
     ) -> Result<Report, RelayError> {
-        let delay = requeue::poll_delay(&self.poll, request.attempt, throttled_for);
-        let next = request.next_poll(Utc::now());
-        let claim = Chain {
-            attempt: next.attempt,
-            state: ChainState::Claimed,
-            by: request.claimant().into(),
-            at: Utc::now(),
-        };
+        let now = Utc::now();
+        let plan = requeue::plan(&self.poll, request, export, throttled_for, now);
+        let next = request.next_poll(now, plan.last_seen);
+        let claim =
+            Chain { attempt: next.attempt, state: ChainState::Claimed, by: request.claimant().into(), at: now };
         let Some(claimed) = self.ledger.move_chain(&request.export_id, chain, claim).await? else {
             let ahead = self.ledger.chain(&request.export_id).await?;
             return Ok(self.overtaken(request, &ahead.map_or_else(|| next_claim(&next), |c| c.value)));
         };
-        self.requeuer.enqueue(&next, delay).await?;
+        self.requeuer.enqueue(&next, plan.delay).await?;
         let sent = Chain { state: ChainState::Sent, ..claimed.value.clone() };
         if let Err(e) = self.ledger.move_chain(&request.export_id, Some(&claimed), sent).await {
             // The claim stands; a retry of this record would take it over and send again.
@@ -387,11 +416,19 @@ impl Relay {
                 warn!(error = %e, "could not record the poll chain for the sweep");
             }
         }
-        info!(next_attempt = next.attempt, delay_seconds = delay.as_secs(), "requeued");
+        info!(
+            next_attempt = next.attempt,
+            delay_seconds = plan.delay.as_secs(),
+            schedule = plan.basis.schedule(),
+            fallback = plan.basis.fallback().map(Fallback::as_str),
+            estimated_seconds_left = plan.basis.estimate_seconds(),
+            progress = plan.last_seen.map(|seen| seen.progress),
+            "requeued"
+        );
         self.metrics.outcome(Outcome::Requeued.as_str());
         Ok(Report {
             next_attempt: Some(next.attempt),
-            delay_seconds: Some(delay.as_secs()),
+            delay_seconds: Some(plan.delay.as_secs()),
             ..Report::new(request, Outcome::Requeued)
         })
     }
@@ -564,9 +601,21 @@ impl Relay {
         Ok(Report { files: event.data.files, error: ending.error, ..Report::new(request, outcome) })
     }
 
-    /// Runs a batch's records at once; the response names only those worth retrying.
+    /// Runs a batch's records at once; the response names only those worth retrying. The due
+    /// polls among them are first checked together on the list endpoint when that takes fewer
+    /// requests than a `GET` each.
     pub async fn handle_batch(&self, batch: SqsEvent, deadline: Deadline) -> SqsBatchResponse {
-        let results = futures::future::join_all(batch.records.into_iter().map(|record| {
+        let records: Vec<(SqsMessage, Result<ExportRequest, EventError>)> = batch
+            .records
+            .into_iter()
+            .map(|record| {
+                let parsed = ExportRequest::from_body(record.body.as_deref().unwrap_or_default());
+                (record, parsed)
+            })
+            .collect();
+        let listed =
+            self.check_due_polls(records.iter().filter_map(|(_, parsed)| parsed.as_ref().ok())).await;
+        let results = futures::future::join_all(records.into_iter().map(|(record, parsed)| {
             let span = info_span!(
                 "export",
                 message_id = record.message_id.as_deref().unwrap_or_default(),
@@ -574,7 +623,9 @@ impl Relay {
                 attempt = tracing::field::Empty,
             );
             let message_id = record.message_id.clone().unwrap_or_default();
-            async move { (message_id, self.handle_record(record, deadline).await) }.instrument(span)
+            let seen = parsed.as_ref().ok().and_then(|request| listed.get(&request.export_id).cloned());
+            async move { (message_id, self.handle_record(&record, parsed, seen, deadline).await) }
+                .instrument(span)
         }))
         .await;
         let mut response = SqsBatchResponse::default();
@@ -588,22 +639,27 @@ impl Relay {
 
     /// True when the record is done with: relayed, or set aside as one that can never succeed.
     /// One that is not waits out the next step of the retry schedule before SQS delivers it again.
-    async fn handle_record(&self, record: SqsMessage, deadline: Deadline) -> bool {
-        let body = record.body.as_deref().unwrap_or_default();
-        let result = match ExportRequest::from_body(body) {
+    async fn handle_record(
+        &self,
+        record: &SqsMessage,
+        parsed: Result<ExportRequest, EventError>,
+        listed: Option<Fetched>,
+        deadline: Deadline,
+    ) -> bool {
+        let result = match parsed {
             Ok(mut request) => {
                 request.message_id = record.message_id.clone();
                 let span = tracing::Span::current();
                 span.record("export_id", request.export_id.as_str());
                 span.record("attempt", request.attempt);
                 info!("received");
-                self.relay(&request, deadline).await
+                self.relay(&request, listed, deadline).await
             }
             Err(e) => Err(e.into()),
         };
         let done = match result {
             Ok(_) => true,
-            Err(e) if e.is_permanent() => self.set_aside(&record, &e).await,
+            Err(e) if e.is_permanent() => self.set_aside(record, &e).await,
             Err(e) => {
                 warn!(code = e.code(), error = %e, "record failed; SQS will deliver it again");
                 self.metrics.record_failed(e.code());
@@ -611,7 +667,7 @@ impl Relay {
             }
         };
         if !done {
-            self.retries.schedule(&record).await;
+            self.retries.schedule(record).await;
         }
         done
     }
@@ -646,7 +702,7 @@ impl Relay {
                     Err(e) => return Ok(json!({"export_id": id, "error": RelayError::from(e).info()})),
                 };
                 let span = info_span!("export", export_id = %request.export_id, attempt = request.attempt);
-                match self.relay(&request, deadline).instrument(span).await {
+                match self.relay(&request, None, deadline).instrument(span).await {
                     Ok(report) => Ok(to_json(report)),
                     Err(e) if e.is_permanent() => Ok(json!({"export_id": id, "error": e.info()})),
                     Err(e) => {
@@ -668,7 +724,7 @@ impl Relay {
     /// For operators: the outcome, or the permanent error as a `failed` outcome.
     async fn handle_direct(&self, request: ExportRequest, deadline: Deadline) -> Result<Report, RelayError> {
         info!("received");
-        match self.relay(&request, deadline).await {
+        match self.relay(&request, None, deadline).await {
             Err(e) if e.is_permanent() => {
                 Ok(Report { error: Some(e.info()), ..Report::new(&request, Outcome::Failed) })
             }

@@ -8,13 +8,11 @@ use chrono::Utc;
 use serde::Serialize;
 use tracing::{info, warn};
 
-use crate::dealmachine::{ApiError, Export, ExportStatus};
+use crate::dealmachine::{Export, ExportStatus};
 use crate::events::{ExportId, ExportRequest, SweepRequest};
 use crate::handler::{Relay, RelayError};
 use crate::notify::EventType;
-
-/// The API's largest page.
-const PAGE_SIZE: u32 = 100;
+use crate::pages::{ListStop, Pages};
 
 /// What a sweep did; also its invocation's response.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
@@ -48,29 +46,19 @@ impl Relay {
         let cutoff = Utc::now() - chrono::Duration::hours(i64::from(request.lookback_hours));
         let max_exports = request.max_exports.unwrap_or(u32::MAX);
         let mut summary = SweepSummary::default();
-        let mut remaining: Option<u64> = None;
+        let mut pages = Pages::new(&self.api, &self.metrics, self.sweep_reserve);
         'statuses: for status in [ExportStatus::Completed, ExportStatus::Pending, ExportStatus::Processing] {
-            let mut offset = 0;
             loop {
-                if let Some(left) = remaining.filter(|left| *left < self.sweep_reserve) {
-                    summary.stop(format!(
-                        "rate budget: X-RateLimit-Remaining is {left}, below SWEEP_RESERVE_REQUESTS ({})",
-                        self.sweep_reserve
-                    ));
-                    break 'statuses;
-                }
-                let (page, rate) = match self.api.list_exports(status, PAGE_SIZE, offset).await {
-                    Ok(answer) => answer,
-                    Err(ApiError::RateLimited { .. }) => {
-                        summary.stop("rate limited (429) by the DealMachine API".into());
+                let page = match pages.next(status).await {
+                    Ok(Some((page, _))) => page,
+                    Ok(None) => break,
+                    Err(ListStop::Api(e)) => return Err(e.into()),
+                    Err(stop) => {
+                        summary.stop(stop.to_string());
                         break 'statuses;
                     }
-                    Err(e) => return Err(e.into()),
                 };
-                summary.pages_read += 1;
-                // The tighter of the minute's and the day's budget.
-                remaining = [rate.remaining, rate.remaining_today].into_iter().flatten().min();
-                self.metrics.api_answer(rate.rate_limited, rate.remaining);
+                summary.pages_read = pages.pages_read;
                 for export in &page.exports {
                     if export.created_at.is_some_and(|at| at < cutoff) {
                         continue 'statuses;
@@ -82,10 +70,6 @@ impl Relay {
                     summary.exports_seen += 1;
                     self.sweep_one(export, &mut summary).await?;
                 }
-                if !page.has_more || page.exports.is_empty() {
-                    break;
-                }
-                offset += page.exports.len() as u32;
             }
         }
         info!(

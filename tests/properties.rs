@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use export_relay::config::PollPolicy;
+use export_relay::config::{PollPolicy, PollSchedule};
 use export_relay::dealmachine::{parse_export, parse_page};
 use export_relay::events::ExportRequest;
 use export_relay::requeue::poll_delay;
@@ -91,6 +91,7 @@ proptest! {
             initial_delay: Duration::from_secs(initial.min(max)),
             max_delay: Duration::from_secs(max),
             timeout: Duration::from_secs(86_400),
+            schedule: PollSchedule::Doubling,
         };
         let delay = poll_delay(&policy, attempt, throttled.map(Duration::from_secs));
         prop_assert!(delay <= Duration::from_secs(900));

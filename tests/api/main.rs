@@ -17,4 +17,5 @@ mod retry;
 mod s3_proxy;
 mod schedule;
 mod sweep;
+mod timing;
 mod webhook;

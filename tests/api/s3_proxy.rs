@@ -1,4 +1,5 @@
-//! A fault proxy in front of moto's S3: what the relay asked S3 to do, and S3 failures on demand.
+//! A fault proxy in front of moto's S3 and SQS: what the relay asked them to do, and S3 failures
+//! on demand.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -25,6 +26,16 @@ pub struct FaultyS3 {
     pub injected: Arc<AtomicUsize>,
     /// `METHOD path?query` of each request, in order.
     requests: Arc<Mutex<Vec<String>>>,
+    /// The JSON body of each SQS `SendMessage`, in order.
+    sqs_sends: Arc<Mutex<Vec<serde_json::Value>>>,
+}
+
+/// A message the relay sent to SQS, as SQS was asked to take it.
+#[derive(Debug)]
+pub struct SentMessage {
+    pub queue_url: String,
+    pub body: serde_json::Value,
+    pub delay_seconds: i64,
 }
 
 impl FaultyS3 {
@@ -52,6 +63,7 @@ impl FaultyS3 {
             rule,
             injected: Arc::default(),
             requests: Arc::default(),
+            sqs_sends: Arc::default(),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -78,6 +90,20 @@ impl FaultyS3 {
     pub fn uploads_aborted(&self) -> usize {
         self.count("DELETE", "uploadId=")
     }
+
+    /// The SQS `SendMessage` calls made, in order.
+    pub fn sqs_sent(&self) -> Vec<SentMessage> {
+        let sends = self.sqs_sends.lock().unwrap();
+        sends
+            .iter()
+            .map(|send| SentMessage {
+                queue_url: send["QueueUrl"].as_str().unwrap_or_default().to_string(),
+                body: serde_json::from_str(send["MessageBody"].as_str().unwrap_or_default())
+                    .unwrap_or(serde_json::Value::Null),
+                delay_seconds: send["DelaySeconds"].as_i64().unwrap_or(0),
+            })
+            .collect()
+    }
 }
 
 async fn forward(
@@ -89,6 +115,9 @@ async fn forward(
 ) -> Response {
     let query = uri.query().unwrap_or_default();
     proxy.requests.lock().unwrap().push(format!("{method} {uri}"));
+    if headers.get("x-amz-target").is_some_and(|target| target == "AmazonSQS.SendMessage") {
+        proxy.sqs_sends.lock().unwrap().push(serde_json::from_slice(&body).unwrap_or_default());
+    }
     let path_and_query = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     if let Some((status, body)) = (proxy.rule)(&method, path_and_query) {
         proxy.injected.fetch_add(1, Ordering::SeqCst);

@@ -1,7 +1,7 @@
 //! The DealMachine exports API and its file host, on one local port.
 //!
-//! Exports move through `pending`, `processing` and `completed` over time, or follow a script
-//! of statuses, one per `GET`. Download URLs are signed and expire, and lead to the file host in
+//! Exports move through `pending`, `processing` and `completed` over time, with `progress`
+//! rising in one of a few shapes, or follow a script of statuses, one per `GET`. Download URLs are signed and expire, and lead to the file host in
 //! `files`. Fault switches make the API misbehave the ways the real one can.
 
 use std::collections::{HashMap, VecDeque};
@@ -57,10 +57,54 @@ pub enum ApiFault {
 pub enum Lifecycle {
     /// Each `GET` takes the next status; the last one stays.
     Scripted(VecDeque<Status>),
-    /// Pending, then processing, then completed, by the clock.
-    Timed { pending: Duration, processing: Duration },
+    /// Pending, then processing with `progress` rising in `shape`, then completed, by the clock.
+    Timed { pending: Duration, processing: Duration, shape: Shape },
     /// Timed, then failed instead of completed.
     TimedFailure { pending: Duration, processing: Duration },
+}
+
+/// How `progress` rises while an export is processing: the ways a poller can be told the truth,
+/// or told nothing useful.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Shape {
+    /// In step with the clock, from 1 to 99.
+    #[default]
+    Steady,
+    /// Stuck at 5 for the first 70 % of the time, then quickly up to 99.
+    StuckThenFast,
+    /// 0 all along, then completed: a jump from 0 to 100 that says nothing in advance.
+    Jumping,
+}
+
+/// The reading `StuckThenFast` is stuck at, ...
+const STUCK_AT: f64 = 5.0;
+/// ... for this share of the processing time.
+const STUCK_FOR: f64 = 0.7;
+
+impl Shape {
+    /// The progress reading `done` (0.0 to 1.0) of the way through processing.
+    fn progress(self, done: f64) -> u32 {
+        let percent = match self {
+            Self::Steady => done * 100.0,
+            Self::StuckThenFast if done < STUCK_FOR => STUCK_AT,
+            Self::StuckThenFast => STUCK_AT + (done - STUCK_FOR) / (1.0 - STUCK_FOR) * (100.0 - STUCK_AT),
+            Self::Jumping => return 0,
+        };
+        (percent as u32).clamp(1, 99)
+    }
+}
+
+impl std::str::FromStr for Shape {
+    type Err = String;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        match name {
+            "steady" => Ok(Self::Steady),
+            "stuck-then-fast" => Ok(Self::StuckThenFast),
+            "jumping" => Ok(Self::Jumping),
+            other => Err(format!("unknown progress shape {other:?}: steady, stuck-then-fast or jumping")),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -96,6 +140,12 @@ impl ExportSpec {
     pub fn completed(files: Vec<FileSpec>) -> Self {
         Self::scripted(&[Status::Completed], files)
     }
+
+    /// Pending for `pending`, then processing for `processing` with progress in `shape`, then
+    /// completed, counted from creation.
+    pub fn timed(pending: Duration, processing: Duration, shape: Shape, files: Vec<FileSpec>) -> Self {
+        Self { lifecycle: Lifecycle::Timed { pending, processing, shape }, ..Self::completed(files) }
+    }
 }
 
 struct SimExport {
@@ -121,7 +171,7 @@ impl SimExport {
                     script.front().copied().unwrap_or(Status::Completed)
                 }
             }
-            Lifecycle::Timed { pending, processing } => {
+            Lifecycle::Timed { pending, processing, .. } => {
                 timed(now - self.created_at, *pending, *processing, Status::Completed)
             }
             Lifecycle::TimedFailure { pending, processing } => {
@@ -137,16 +187,18 @@ impl SimExport {
     }
 
     fn progress(&self, now: DateTime<Utc>) -> (u32, &'static str) {
+        let shaped = |pending: &Duration, processing: &Duration, shape: Shape| {
+            let into = (now - self.created_at).to_std().unwrap_or_default().saturating_sub(*pending);
+            let pct = shape.progress(into.as_secs_f64() / processing.as_secs_f64().max(0.001));
+            (pct, if pct < 50 { "Gathering records" } else { "Writing files" })
+        };
         match (self.current, &self.spec.lifecycle) {
             (Status::Pending, _) => (0, "Queued"),
-            (
-                Status::Processing,
-                Lifecycle::Timed { pending, processing } | Lifecycle::TimedFailure { pending, processing },
-            ) => {
-                let into = (now - self.created_at).to_std().unwrap_or_default().saturating_sub(*pending);
-                let pct = (into.as_secs_f64() / processing.as_secs_f64().max(0.001) * 100.0).clamp(1.0, 99.0)
-                    as u32;
-                (pct, if pct < 50 { "Gathering records" } else { "Writing files" })
+            (Status::Processing, Lifecycle::Timed { pending, processing, shape }) => {
+                shaped(pending, processing, *shape)
+            }
+            (Status::Processing, Lifecycle::TimedFailure { pending, processing }) => {
+                shaped(pending, processing, Shape::Steady)
             }
             (Status::Processing, _) => (50, "Gathering records"),
             (Status::Completed, _) => (100, "Complete"),
@@ -239,6 +291,8 @@ pub struct SimOptions {
     /// Used for timed exports created by `POST`.
     pub pending_for: Duration,
     pub processing_for: Duration,
+    /// The progress shapes of exports created by `POST`, one after another.
+    pub shapes: Vec<Shape>,
     pub rows_per_file: u64,
     pub files_per_export: usize,
     /// The host name download URLs use, instead of the listening IP address; lets tests allow
@@ -261,6 +315,7 @@ impl Default for SimOptions {
             error_rate: 0.0,
             pending_for: Duration::from_secs(2),
             processing_for: Duration::from_secs(6),
+            shapes: vec![Shape::Steady],
             rows_per_file: 5000,
             files_per_export: 2,
             public_host: None,
@@ -646,10 +701,11 @@ async fn create_export(State(shared): State<Shared>, headers: HeaderMap, uri: ax
             }
         })
         .collect();
+    let shape =
+        options.shapes.get((seed as usize - 1) % options.shapes.len().max(1)).copied().unwrap_or_default();
     let spec = ExportSpec {
         name: name.into(),
-        lifecycle: Lifecycle::Timed { pending: options.pending_for, processing: options.processing_for },
-        ..ExportSpec::completed(files)
+        ..ExportSpec::timed(options.pending_for, options.processing_for, shape, files)
     };
     let sim = Simulator { shared: shared.clone(), addr: "0.0.0.0:0".parse().expect("addr"), ca_pem: None };
     let id = sim.add_export(spec);
@@ -701,4 +757,44 @@ async fn download(
     };
     shared.record_version("GET", path, &headers, Some(version), response.status());
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An export's progress readings, 0 to 100 % of the way through processing.
+    fn readings(shape: Shape) -> Vec<u32> {
+        (0..=10).map(|tenth| shape.progress(f64::from(tenth) / 10.0)).collect()
+    }
+
+    #[test]
+    fn progress_rises_in_each_shape() {
+        assert_eq!(readings(Shape::Steady), [1, 10, 20, 30, 40, 50, 60, 70, 80, 90, 99]);
+        assert_eq!(readings(Shape::StuckThenFast), [5, 5, 5, 5, 5, 5, 5, 5, 36, 68, 99]);
+        assert_eq!(readings(Shape::Jumping), [0; 11]);
+    }
+
+    #[test]
+    fn a_timed_export_is_pending_briefly_then_processing_then_completed() {
+        let (pending, processing) = (Duration::from_secs(2), Duration::from_secs(10));
+        let mut export = SimExport {
+            id: "e".into(),
+            spec: ExportSpec::timed(pending, processing, Shape::Steady, vec![]),
+            files: vec![],
+            created_at: Utc::now() - chrono::Duration::seconds(7),
+            updated_at: Utc::now(),
+            current: Status::Pending,
+            history: vec![],
+        };
+        let created_at = export.created_at;
+        let at = |seconds: i64| created_at + chrono::Duration::seconds(seconds);
+        let mut seen = Vec::new();
+        for seconds in [1, 7, 12] {
+            let now = at(seconds);
+            export.advance(now);
+            seen.push((export.current, export.progress(now).0));
+        }
+        assert_eq!(seen, [(Status::Pending, 0), (Status::Processing, 50), (Status::Completed, 100)]);
+    }
 }

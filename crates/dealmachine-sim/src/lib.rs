@@ -9,7 +9,7 @@ pub mod lambda;
 pub mod receiver;
 mod tls;
 
-pub use api::{ApiFault, ExportSpec, Lifecycle, Seen, SimOptions, Simulator, Status};
+pub use api::{ApiFault, ExportSpec, Lifecycle, Seen, Shape, SimOptions, Simulator, Status};
 pub use content::CsvGz;
 pub use files::{DownloadFault, FileSpec, HashHeader};
 pub use lambda::LocalLambda;

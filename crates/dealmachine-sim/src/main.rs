@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! dealmachine-sim --port 8900 --receiver-port 8901 --webhook-secret whsec_... \
-//!     --pending-secs 2 --processing-secs 6 --rows 5000 --files 2 \
+//!     --pending-secs 2 --processing-secs 6 --shapes steady,stuck-then-fast,jumping \
+//!     --rows 5000 --files 2 \
 //!     --per-minute-limit 60 --error-rate 0.05 --api-key dm_sk_live_simulator \
 //!     --cut-first-download-after 200000
 //! ```
@@ -14,10 +15,11 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use dealmachine_sim::{Receiver, SimOptions, Simulator};
+use dealmachine_sim::{Receiver, Shape, SimOptions, Simulator};
 
 const USAGE: &str = "usage: dealmachine-sim [--port N] [--receiver-port N] [--webhook-secret whsec_...] \
-[--api-key KEY] [--pending-secs N] [--processing-secs N] [--rows N] [--files N] \
+[--api-key KEY] [--pending-secs N] [--processing-secs N] [--shapes steady,stuck-then-fast,jumping] \
+[--rows N] [--files N] \
 [--per-minute-limit N] [--error-rate 0.0-1.0] [--cut-first-download-after BYTES]";
 
 #[tokio::main]
@@ -41,6 +43,10 @@ async fn run() -> Result<(), String> {
         api_key: get("api-key").map_or(defaults.api_key.clone(), str::to_string),
         pending_for: Duration::from_secs(number("pending-secs", 2)?),
         processing_for: Duration::from_secs(number("processing-secs", 6)?),
+        shapes: get("shapes")
+            .map(|list| list.split(',').map(str::parse).collect::<Result<Vec<Shape>, _>>())
+            .transpose()?
+            .unwrap_or(defaults.shapes.clone()),
         rows_per_file: number("rows", defaults.rows_per_file)?,
         files_per_export: number("files", defaults.files_per_export as u64)? as usize,
         per_minute_limit: get("per-minute-limit")
