@@ -16,7 +16,7 @@ const MAX_BODY_BYTES: usize = 256 * 1024;
 const MAX_EXPORT_ID_LEN: usize = 64;
 
 /// Input that can never become a valid request; retrying it would not help.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum EventError {
     #[error("malformed message: {0}")]
     Malformed(String),

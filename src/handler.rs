@@ -24,6 +24,9 @@ use crate::transfer::{self, Copied, Deadline, Destination, Transfer, TransferErr
 
 /// Exports a schedule checks at once; each may copy files, so keep it modest.
 const SCHEDULE_CONCURRENCY: usize = 4;
+/// Time kept back at the end of an invocation for answering Lambda with the batch's failures
+/// (and setting their retry steps): no record may run into it.
+const ANSWER_RESERVE: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// How one export ended, for this invocation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -87,6 +90,10 @@ pub enum RelayError {
     DuplicateKey(String),
     #[error("{0}; not committed because STRICT_RECORD_COUNT is on")]
     Unverified(String),
+    #[error(
+        "gave up after {receives} deliveries of the record; the last failed with {last_code}: {last_message}"
+    )]
+    RetriesExhausted { receives: u32, last_code: &'static str, last_message: String },
 }
 
 impl RelayError {
@@ -112,6 +119,7 @@ impl RelayError {
             Self::Replay(e) => e.code(),
             Self::DuplicateKey(_) => "duplicate_file_name",
             Self::Unverified(_) => "record_count_mismatch",
+            Self::RetriesExhausted { .. } => "retries_exhausted",
         }
     }
 
@@ -397,8 +405,12 @@ impl Relay {
         let now = Utc::now();
         let plan = requeue::plan(&self.poll, request, export, throttled_for, now);
         let next = request.next_poll(now, plan.last_seen);
-        let claim =
-            Chain { attempt: next.attempt, state: ChainState::Claimed, by: request.claimant().into(), at: now };
+        let claim = Chain {
+            attempt: next.attempt,
+            state: ChainState::Claimed,
+            by: request.claimant().into(),
+            at: now,
+        };
         let Some(claimed) = self.ledger.move_chain(&request.export_id, chain, claim).await? else {
             let ahead = self.ledger.chain(&request.export_id).await?;
             return Ok(self.overtaken(request, &ahead.map_or_else(|| next_claim(&next), |c| c.value)));
@@ -624,7 +636,7 @@ impl Relay {
             );
             let message_id = record.message_id.clone().unwrap_or_default();
             let seen = parsed.as_ref().ok().and_then(|request| listed.get(&request.export_id).cloned());
-            async move { (message_id, self.handle_record(&record, parsed, seen, deadline).await) }
+            async move { (message_id, self.handle_in_time(&record, parsed, seen, deadline).await) }
                 .instrument(span)
         }))
         .await;
@@ -637,6 +649,35 @@ impl Relay {
         response
     }
 
+    /// Handles a record within its share of the invocation: it must be done before the
+    /// invocation's answer is due, so one slow record (a webhook that hangs, a stalled S3 call)
+    /// fails alone instead of timing out the invocation, which would make SQS deliver the whole
+    /// batch again, records already done included.
+    async fn handle_in_time(
+        &self,
+        record: &SqsMessage,
+        parsed: Result<ExportRequest, EventError>,
+        listed: Option<Fetched>,
+        deadline: Deadline,
+    ) -> bool {
+        let handled = self.handle_record(record, parsed, listed, deadline);
+        let Some(until) = deadline.less(ANSWER_RESERVE) else {
+            return handled.await;
+        };
+        match tokio::time::timeout_at(until.into(), handled).await {
+            Ok(done) => done,
+            Err(_) => {
+                warn!(
+                    code = "out_of_time",
+                    "the record ran out of the invocation's time; SQS will deliver it again"
+                );
+                self.metrics.record_failed("out_of_time");
+                self.retries.schedule(record).await;
+                false
+            }
+        }
+    }
+
     /// True when the record is done with: relayed, or set aside as one that can never succeed.
     /// One that is not waits out the next step of the retry schedule before SQS delivers it again.
     async fn handle_record(
@@ -646,20 +687,26 @@ impl Relay {
         listed: Option<Fetched>,
         deadline: Deadline,
     ) -> bool {
-        let result = match parsed {
-            Ok(mut request) => {
-                request.message_id = record.message_id.clone();
+        let request = parsed.map(|mut request| {
+            request.message_id = record.message_id.clone();
+            request
+        });
+        let result = match &request {
+            Ok(request) => {
                 let span = tracing::Span::current();
                 span.record("export_id", request.export_id.as_str());
                 span.record("attempt", request.attempt);
                 info!("received");
-                self.relay(&request, listed, deadline).await
+                self.relay(request, listed, deadline).await
             }
-            Err(e) => Err(e.into()),
+            Err(e) => Err(e.clone().into()),
         };
         let done = match result {
             Ok(_) => true,
             Err(e) if e.is_permanent() => self.set_aside(record, &e).await,
+            Err(e) if self.retries.is_last_receive(record) => {
+                self.last_word(record, request.as_ref().ok(), e).await
+            }
             Err(e) => {
                 warn!(code = e.code(), error = %e, "record failed; SQS will deliver it again");
                 self.metrics.record_failed(e.code());
@@ -670,6 +717,28 @@ impl Relay {
             self.retries.schedule(record).await;
         }
         done
+    }
+
+    /// On the last receive SQS allows, a failed record would move to the dead-letter queue with
+    /// no reason, and downstream would never hear that the export will not arrive. So the relay
+    /// says it: `export.failed` (`retries_exhausted`, with the last error), and the record set
+    /// aside with the same reason.
+    async fn last_word(
+        &self,
+        record: &SqsMessage,
+        request: Option<&ExportRequest>,
+        last: RelayError,
+    ) -> bool {
+        let receives = crate::retry::receive_count(record);
+        let exhausted =
+            RelayError::RetriesExhausted { receives, last_code: last.code(), last_message: last.to_string() };
+        if let Some(request) = request {
+            let ending = Ending::from_error(EventType::Failed, None, &exhausted);
+            if let Err(e) = self.announce(request, ending).await {
+                warn!(code = e.code(), error = %e, "could not announce that the export will not arrive");
+            }
+        }
+        self.set_aside(record, &exhausted).await
     }
 
     /// A record that can never succeed goes to the dead-letter queue with the reason, so it

@@ -90,11 +90,23 @@ pub struct Retries {
     /// The relay queue; records from it need no lookup.
     queue_url: String,
     schedule: RetrySchedule,
+    /// The queue's `maxReceiveCount`, when known: the receive after which SQS gives up.
+    max_receives: Option<u32>,
 }
 
 impl Retries {
     pub fn new(sqs: aws_sdk_sqs::Client, queue_url: String, schedule: RetrySchedule) -> Self {
-        Self { sqs, queue_url, schedule }
+        Self { sqs, queue_url, schedule, max_receives: None }
+    }
+
+    /// Knows the queue's `maxReceiveCount`, so a record's last receive can be told apart.
+    pub fn with_max_receives(self, max_receives: Option<u32>) -> Self {
+        Self { max_receives, ..self }
+    }
+
+    /// True on the receive after which SQS moves a failed record to the dead-letter queue.
+    pub fn is_last_receive(&self, record: &SqsMessage) -> bool {
+        self.max_receives.is_some_and(|max| receive_count(record) >= max)
     }
 
     /// Hides a failed record for its next step. If that fails, the queue's visibility timeout
@@ -157,7 +169,7 @@ impl Retries {
 }
 
 /// How many times SQS has delivered the record, this time included; 1 if Lambda did not say.
-fn receive_count(record: &SqsMessage) -> u32 {
+pub fn receive_count(record: &SqsMessage) -> u32 {
     record.attributes.get(RECEIVE_COUNT).and_then(|n| n.parse().ok()).unwrap_or(1)
 }
 

@@ -72,7 +72,8 @@ pub fn build_relay(config: &Config, aws: &SdkConfig) -> Result<Relay, StartupErr
             .with_metrics(metrics.clone()),
         notifier: config.webhook.as_ref().map(Notifier::new).transpose()?,
         requeuer: Requeuer::new(sqs.clone(), config.queue_url.clone()),
-        retries: Retries::new(sqs.clone(), config.queue_url.clone(), config.retry_schedule.clone()),
+        retries: Retries::new(sqs.clone(), config.queue_url.clone(), config.retry_schedule.clone())
+            .with_max_receives(config.max_receive_count),
         dead_letters: config.dead_letter_queue_url.clone().map(|url| DeadLetters::new(sqs, url)),
         prefix: config.prefix.clone(),
         poll: config.poll,

@@ -32,6 +32,12 @@ impl Deadline {
         Self::at(Instant::now() + left)
     }
 
+    /// When a record must be done by, keeping `reserve` for the invocation to answer Lambda;
+    /// `None` when the invocation has no deadline.
+    pub fn less(self, reserve: Duration) -> Option<Instant> {
+        self.0.map(|at| at.checked_sub(reserve).unwrap_or(at))
+    }
+
     /// Fails if `remaining` bytes, at `rate` bytes a second so far, would not arrive in time.
     pub(super) fn check(self, remaining: u64, rate: Option<f64>) -> Result<(), TransferError> {
         let Some(deadline) = self.0 else {

@@ -205,7 +205,7 @@ async fn broken_api_answers_get_a_clear_error_and_write_nothing() {
 #[tokio::test]
 async fn a_download_that_stalls_is_given_up_after_the_idle_timeout() {
     let app = spawn_app_with(Setup {
-        env: vec![("DOWNLOAD_IDLE_TIMEOUT_SECONDS", "1".into()), ("DOWNLOAD_MAX_RESUMES", "1".into())],
+        env: vec![("DOWNLOAD_IDLE_TIMEOUT_SECONDS", "2".into()), ("DOWNLOAD_MAX_RESUMES", "1".into())],
         ..Default::default()
     })
     .await;

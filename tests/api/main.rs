@@ -1,6 +1,7 @@
 //! Integration tests: the relay's handler against moto, the DealMachine simulator and a
 //! webhook receiver. Run with `make test`, which starts moto.
 
+mod at_least_once;
 mod batch;
 mod copy;
 mod credentials;

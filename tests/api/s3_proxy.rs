@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use export_relay::startup;
 
 type FailWhen = dyn Fn(&str) -> bool + Send + Sync;
-/// An answer to give instead of moto's, chosen by method and `path?query`.
+/// An answer to give instead of moto's, chosen by method and path.
 type Rule = dyn Fn(&Method, &str) -> Option<(StatusCode, &'static str)> + Send + Sync;
 
 /// Stands between the relay and moto: records every request, and answers `503 SlowDown` to
@@ -118,8 +118,7 @@ async fn forward(
     if headers.get("x-amz-target").is_some_and(|target| target == "AmazonSQS.SendMessage") {
         proxy.sqs_sends.lock().unwrap().push(serde_json::from_slice(&body).unwrap_or_default());
     }
-    let path_and_query = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    if let Some((status, body)) = (proxy.rule)(&method, path_and_query) {
+    if let Some((status, body)) = (proxy.rule)(&method, uri.path()) {
         proxy.injected.fetch_add(1, Ordering::SeqCst);
         return (status, body).into_response();
     }

@@ -35,6 +35,8 @@ struct Inner {
     received: Vec<Received>,
     /// Answers to give, one per request, before answering 200 again.
     script: VecDeque<Answer>,
+    /// Exports whose webhooks are never answered, whatever the script says.
+    stalled: Vec<String>,
 }
 
 /// How the receiver answers one request.
@@ -89,22 +91,31 @@ impl Receiver {
     pub fn script(&self, answers: &[Answer]) {
         self.inner.lock().unwrap().script.extend(answers);
     }
+
+    /// Never answers a webhook about this export, as an endpoint that hangs on one of them.
+    pub fn stall_export(&self, export_id: &str) {
+        self.inner.lock().unwrap().stalled.push(export_id.to_string());
+    }
 }
 
 async fn receive(State(receiver): State<Receiver>, headers: HeaderMap, body: Bytes) -> Response {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
     let verified = receiver.verifier.verify(&body, &headers).is_ok();
-    let answer = receiver.inner.lock().unwrap().script.pop_front().unwrap_or(Answer::Status(if verified {
-        200
-    } else {
-        401
-    }));
+    let parsed: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let answer = {
+        let mut inner = receiver.inner.lock().unwrap();
+        let export_id = parsed["data"]["export_id"].as_str().unwrap_or_default();
+        if inner.stalled.iter().any(|id| id == export_id) {
+            Answer::Stall
+        } else {
+            inner.script.pop_front().unwrap_or(Answer::Status(if verified { 200 } else { 401 }))
+        }
+    };
     let answered = match answer {
         Answer::Status(status) => status,
         Answer::Stall => 0,
         Answer::Huge(status, _) => status,
     };
-    let parsed: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     if !receiver.quiet {
         println!(
             "webhook {} {} export={} signature {}",
