@@ -22,6 +22,8 @@ pub struct FaultyS3 {
     pub injected: Arc<AtomicUsize>,
     /// `METHOD path?query` of each request, in order.
     requests: Arc<Mutex<Vec<String>>>,
+    /// Requests that asked S3 to copy from an object (`x-amz-copy-source`).
+    copies: Arc<AtomicUsize>,
 }
 
 impl FaultyS3 {
@@ -37,6 +39,7 @@ impl FaultyS3 {
             fail: Arc::new(fail),
             injected: Arc::default(),
             requests: Arc::default(),
+            copies: Arc::default(),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -63,6 +66,25 @@ impl FaultyS3 {
     pub fn uploads_aborted(&self) -> usize {
         self.count("DELETE", "uploadId=")
     }
+
+    /// CopyObject and UploadPartCopy calls made: the requests naming an `x-amz-copy-source`.
+    pub fn copies(&self) -> usize {
+        self.copies.load(Ordering::SeqCst)
+    }
+
+    /// Requests that start writing the object at `key`: PutObject (or CopyObject) and
+    /// CreateMultipartUpload, but not the parts of an upload.
+    pub fn writes_to(&self, key: &str) -> usize {
+        let requests = self.requests.lock().unwrap();
+        let starts_object = |request: &&String| {
+            let (method, uri) = request.split_once(' ').unwrap();
+            let (path, query) = uri.split_once('?').unwrap_or((uri, ""));
+            let put = method == "PUT" && !query.contains("uploadId=");
+            let create = method == "POST" && query.contains("uploads") && !query.contains("uploadId=");
+            path.ends_with(&format!("/{key}")) && (put || create)
+        };
+        requests.iter().filter(starts_object).count()
+    }
 }
 
 async fn forward(
@@ -74,6 +96,9 @@ async fn forward(
 ) -> Response {
     let query = uri.query().unwrap_or_default();
     proxy.requests.lock().unwrap().push(format!("{method} {uri}"));
+    if headers.contains_key("x-amz-copy-source") {
+        proxy.copies.fetch_add(1, Ordering::SeqCst);
+    }
     let upload_part = method == Method::PUT && query.contains("partNumber=") && query.contains("uploadId=");
     if upload_part && (proxy.fail)(query) {
         proxy.injected.fetch_add(1, Ordering::SeqCst);
