@@ -25,7 +25,7 @@ use tokio::sync::Semaphore;
 use url::Url;
 
 pub use self::deadline::Deadline;
-use self::parts::PartReader;
+use self::parts::{PartBuffers, PartReader};
 pub use self::policy::{UrlPolicy, content_type, object_key};
 use self::source::{Download, Recoveries};
 use crate::integrity::{CorruptGzip, Inspection, InspectionError, Inspector, SourceChecksums};
@@ -194,8 +194,8 @@ pub struct Transfer {
     http: reqwest::Client,
     bucket: String,
     policy: UrlPolicy,
-    part_size: usize,
     part_slots: Arc<Semaphore>,
+    part_buffers: PartBuffers,
     idle_timeout: Duration,
     /// Trusted beside the system's roots, for a file host with a private certificate.
     roots: Vec<reqwest::Certificate>,
@@ -216,8 +216,8 @@ impl Transfer {
             http: source::client(&policy, DEFAULT_IDLE_TIMEOUT, &[])?,
             bucket,
             policy,
-            part_size,
             part_slots: Arc::new(Semaphore::new(parts_in_flight)),
+            part_buffers: PartBuffers::new(part_size, parts_in_flight),
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             roots: Vec::new(),
             max_resumes: DEFAULT_MAX_RESUMES,
@@ -323,7 +323,8 @@ impl Transfer {
             Download::open(&self.http, url, expected_size, recoveries.clone(), timing, self.metrics.clone())
                 .await?;
         let inspector = Inspector::for_file(&destination.filename, announced);
-        let mut body = PartReader::new(download.into_stream(), expected_size, self.part_size, inspector);
+        let buffers = self.part_buffers.clone();
+        let mut body = PartReader::new(download.into_stream(), expected_size, buffers, inspector);
         let first = body.next_part().await?;
         if body.finished() {
             let inspection = body.inspection().await?;

@@ -6,6 +6,10 @@
 //! one version in a versioned bucket, and no 5 GiB limit. The SHA-256 is known only after the
 //! last byte, too late for a multipart upload's metadata; it goes into the manifest and the
 //! webhook, while the object carries S3's own full-object CRC64NVME, which S3 checks.
+//!
+//! Bodies go up with `UNSIGNED-PAYLOAD`: signing one means a second SHA-256 of every byte (the
+//! SDK's, beside ours), while its integrity is already covered by the CRC64NVME checksum S3
+//! checks on every part and on the whole object, and by TLS on the way.
 
 use std::time::{Duration, Instant};
 
@@ -43,6 +47,8 @@ impl Transfer {
             .set_metadata(Some(destination.metadata.clone()))
             .checksum_crc64_nvme(&inspection.crc64nvme)
             .body(ByteStream::from(bytes))
+            .customize()
+            .disable_payload_signing()
             .send()
             .await
             .map_err(|e| TransferError::s3("PutObject", e))?;
@@ -135,9 +141,13 @@ impl Transfer {
             .upload_id(upload_id)
             .part_number(number)
             .checksum_algorithm(ChecksumAlgorithm::Crc64Nvme)
-            .body(ByteStream::from(bytes));
+            .body(ByteStream::from(bytes.clone()))
+            .customize()
+            .disable_payload_signing();
+        let buffers = self.part_buffers.clone();
         async move {
             let output = request.send().await.map_err(|e| TransferError::s3("UploadPart", e))?;
+            buffers.give_back(bytes);
             drop(slot);
             Ok(CompletedPart::builder()
                 .part_number(number)
