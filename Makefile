@@ -4,7 +4,7 @@ VENV := .venv
 LINT_VENV := .venv-lint
 CHECKOV_VENV := .venv-checkov
 BENCH_VENV := .venv-bench
-BENCH_EXAMPLES := $(foreach e,bench_copy bench_gen bench_serve bench_sim bench_poll bench_poll_timing,--example $(e))
+BENCH_EXAMPLES := $(foreach e,bench_copy bench_checks bench_gen bench_serve bench_sim bench_poll bench_poll_timing,--example $(e))
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export CARGO_LAMBDA := $(CURDIR)/$(VENV)/bin/cargo-lambda
 

@@ -9,13 +9,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 R = json.loads((ROOT / "bench" / "results.json").read_text())
 PROFILE = ROOT / "bench" / "profile.json"
+LEVERS = ROOT / "bench" / "levers.json"
 FINDINGS = ROOT / "bench" / "findings.md"
 OURS = "export-relay"
 CEILING = "curl -o /dev/null"
 CLI = "curl | aws s3 cp -"
 PYC = "python requests+boto3"
 MIB = 1024 * 1024
+GIB = 1024 * MIB
 med = statistics.median
+# AWS Lambda on arm64, us-east-1, first pricing tier: USD per GB-second (memory in GB = MB / 1024).
+ARM64_USD_PER_GB_S = 0.0000133334
 
 
 def copy_table():
@@ -93,17 +97,23 @@ def main():
       "`.bench-tools/`), one server for every contender, storing into `target/bench-s3/`. Each "
       "object is checked (HEAD: size) and deleted after its run.")
     w("- **Contenders**, run one after another, interleaved run by run: (1) `examples/bench_copy.rs`, "
-      "which calls `export_relay::transfer::Transfer::copy`, the Lambda's own code, release build, "
-      "8 MiB parts × 4 in flight unless stated; it also checks what the relay always checks on the "
-      "way: SHA-256, CRC64NVME, the gzip stream decoded to its trailer, CSV rows counted, and it "
-      "sets the SHA-256 metadata with a server-side CopyObject afterwards; (2) `bash -c \"curl -s "
+      "which calls `export_relay::transfer::Transfer::copy`, the Lambda's own code, "
+      f"{R['config'].get('profile', 'release')} build, 8 MiB parts × 4 in flight unless stated, with "
+      "every check the relay makes, all on as by default: SHA-256, CRC64NVME (sent to S3, which checks "
+      "it), CRC32C (the bench's source announces no `x-goog-hash`, so it is computed and not "
+      "compared), the gzip stream decoded to its trailer, CSV rows counted. One write per object "
+      "(no CopyObject), bodies sent as `UNSIGNED-PAYLOAD`, digests and content checks on two "
+      "threads beside the copy; (2) `bash -c \"curl -s "
       "URL | aws s3 cp - s3://…\"` with the AWS CLI v1 from PyPI (default 8 MB chunks, 10 "
       "threads); (3) `bench/py_copy.py`: requests streaming `r.raw` into boto3 `upload_fileobj` "
       "(defaults); (4) `curl -s URL -o /dev/null`, the ceiling on reading the source.")
     w("- **Measures**: wall time of the whole process from spawn to exit (so the CLI's and "
       "Python's start-up count, as they would in a pipeline step), throughput = file size / wall; "
       "peak RSS and user+sys CPU from `/usr/bin/time -v`. For the pipeline, time reports the "
-      "largest RSS of the pipeline's processes (the `aws` process) and the CPU of all of them.\n")
+      "largest RSS of the pipeline's processes (the `aws` process) and the CPU of all of them.")
+    w("- **Noise**: other engineers compile and test on this machine during the run, so absolute "
+      "times move from run to run. The contenders run side by side, interleaved run by run, so read "
+      "the **ratios** between them (the `ours ÷ this` columns), not the absolute MiB/s.\n")
 
     w("## Copy: throughput, memory, CPU\n")
     w("![throughput and peak RSS](bench/benchmarks.png)\n")
@@ -129,6 +139,9 @@ def main():
     rss_lo, rss_hi = t[(lo, OURS)]["rss"], t[(hi, OURS)]["rss"]
     w(f"**Constant memory**: our peak RSS is {rss_lo:.1f} MiB for {lo} MiB and {rss_hi:.1f} MiB "
       f"for {hi} MiB ({(rss_hi / rss_lo - 1) * 100:+.1f} %).\n")
+
+    where = where_section(w)
+    lam = lambda_section(w)
 
     if R.get("tuning"):
         w("## Tuning: part size × parts in flight\n")
@@ -203,6 +216,16 @@ def main():
         w(f"- x86_64 release `bootstrap`: {sz['x86_64_binary_bytes']:,} bytes.")
     w("")
 
+    if LEVERS.exists():
+        levers = json.loads(LEVERS.read_text())
+        w("## Levers tried\n")
+        w(levers["note"] + "\n")
+        w("| lever | kept | what was measured |")
+        w("|---|---|---|")
+        for row in levers["rows"]:
+            w(f"| {row['lever']} | {'yes' if row['kept'] else 'no'} | {row['measured']} |")
+        w("")
+
     w("## Release profile\n")
     if PROFILE.exists():
         w(PROFILE.read_text().strip() and _profile_table(json.loads(PROFILE.read_text())))
@@ -240,6 +263,13 @@ def main():
         w(f"| 10 records close to the time of 1 | {ours10[0] / ours1[0]:.1f}× | "
           f"{verdict(ours10[0] / ours1[0] < 3)} |")
     w(f"| zip ≤ 8 MB | {sz.get('arm64_zip_bytes', 0) / 1e6:.2f} MB | {verdict(zip_ok)} |")
+    for mb, slower in (lam or {}).items():
+        w(f"| Lambda-shaped, {mb} MB: ours faster than every peer | "
+          f"{cell('slower than ' + ', '.join(slower)) if slower else 'faster than both'} | "
+          f"{verdict(not slower)} |")
+    if where:
+        w(f"| where the time goes: each check's CPU on the {where} MiB file | see the table | "
+          "**met** |")
     w("")
     if FINDINGS.exists():
         w(FINDINGS.read_text())
@@ -359,6 +389,102 @@ def poll_timing_section(w, pt):
       f"{st['repeats']} exports a cell. Stuck-then-fast runs the doubling schedule while it is "
       "stuck, and on the first move after it (the pace over the stall is not the new pace); only "
       "then does it estimate.\n")
+def where_section(w):
+    """Each check's CPU on its own, and the copy with and without the content checks. Returns the
+    file's size in MiB, or None when the run did not measure it."""
+    W = R.get("where")
+    if not W:
+        return None
+    checks = W["checks"]
+    base = med(c["read_only"] for c in checks)
+
+    def alone(name):
+        return med(c[name] for c in checks) - base
+
+    copies = {}
+    for r in W["copies"]:
+        copies.setdefault(r["name"].rsplit(".", 1)[1], []).append(r["cpu"])
+    full, digests_only = med(copies["gz"]), med(copies["bin"])
+    sha, crc64, crc32c = alone("sha256"), alone("crc64nvme"), alone("crc32c")
+    inflate, rows = alone("inflate"), alone("inflate_and_rows") - alone("inflate")
+    upload = digests_only - sha - crc64 - crc32c
+    w("## Where the time goes\n")
+    w(f"CPU seconds for the {W['mib']} MiB file ({W['size']:,} B, {checks[0]['rows']:,} rows). Each "
+      "check alone: `examples/bench_checks.rs`, one pass per check on one thread over the file in the "
+      f"page cache, less the pass that only reads it ({base:.2f} s); median of {len(checks)}. The "
+      "copies: `bench_copy` as above (user+sys of the whole process), once with the file's own name "
+      "and once with the same bytes under a `.bin` name, which gets the digests but no inflate and no "
+      f"row count; median of {len(copies['gz'])}.\n")
+    w("| work | CPU s | share of the copy | what it buys |")
+    w("|---|---:|---:|---|")
+    rows_out = [
+        ("SHA-256", sha, "the hash consumers check the file by, in the manifest and the webhook"),
+        ("CRC64NVME", crc64, "S3 checks the stored object against it (full object), so a bad "
+         "write is refused"),
+        ("CRC32C", crc32c, "the bytes are what Google Cloud Storage stored (`x-goog-hash`)"),
+        ("inflate to the gzip trailer (its CRC-32 and length)", inflate,
+         "the file is whole, valid gzip: a corrupt export fails before it is committed"),
+        ("CSV row count (RFC 4180 quotes)", rows, "rows are compared with the API's `record_count`"),
+        ("the upload itself (copy with digests only, less the three digests)", upload,
+         "the HTTP download, parts, the S3 requests"),
+    ]
+    for name, cpu, buys in rows_out:
+        w(f"| {name} | {cpu:.2f} | {cpu / full * 100:.0f} % | {buys} |")
+    w(f"| **whole copy, every check** | **{full:.2f}** | 100 % | |")
+    w(f"| copy with digests only (`.bin`) | {digests_only:.2f} | {digests_only / full * 100:.0f} % | |")
+    w("")
+    return W["mib"]
+
+
+def lambda_section(w):
+    """The Lambda-shaped table. Returns {memory MB: [peers faster than ours]}, or None."""
+    L = R.get("lambda")
+    w("## Lambda-shaped: a Lambda's share of a CPU\n")
+    if not L:
+        w("Not measured in this run.\n")
+        return None
+    if "skipped" in L:
+        w(f"**Skipped**: {L['skipped']}. Every other table is unaffected.\n")
+        return None
+    w(f"Each contender copies the {L['mib']} MiB file ({L['size']:,} B) inside a cgroup v1 `cpu` group "
+      "whose quota (`cpu.cfs_quota_us` over a 100 ms `cpu.cfs_period_us`) is Lambda's CPU share at "
+      "that memory size: memory ÷ 1,769 MB vCPUs. Only the contender's processes are in the group "
+      "(for the pipeline, curl and aws together); the S3 server and the file source run outside it. "
+      "Every check stays on for ours. Cost per GiB = seconds per GiB × memory in GB × "
+      f"${ARM64_USD_PER_GB_S:.10f} per GB-second (arm64, us-east-1); requests are not counted. "
+      "This machine is x86-64, so the times are a shape, not a forecast for Graviton. "
+      f"Median of {R['config'].get('lambda_runs', '?')} runs.\n")
+    groups = {}
+    for r in L["runs"]:
+        groups.setdefault((r["memory_mb"], r["contender"]), []).append(r)
+    mbs = sorted({k[0] for k in groups})
+    names = [n for n in (OURS, CLI, PYC) if (mbs[0], n) in groups]
+    w("| memory MB | vCPUs | contender | s / GiB | USD / GiB | CPU s / GiB | CPU busy | peak RSS MiB | "
+      "this ÷ ours (time) |")
+    w("|---:|---:|---|---:|---:|---:|---:|---:|---:|")
+    per_gib = L["size"] / GIB
+    speed = {}
+    for mb in mbs:
+        for n in names:
+            rs = groups[(mb, n)]
+            sec = med(r["wall"] for r in rs) / per_gib
+            speed[(mb, n)] = sec
+            usd = sec * mb / 1024 * ARM64_USD_PER_GB_S
+            ratio = "—" if n == OURS else f"{sec / speed[(mb, OURS)]:.2f}×"
+            cpu = med(r["cpu"] for r in rs)
+            busy = cpu / (med(r["wall"] for r in rs) * rs[0]["vcpus"]) * 100
+            w(f"| {mb} | {rs[0]['vcpus']:.2f} | {cell(n)} | {sec:.1f} | {usd:.6f} | "
+              f"{cpu / per_gib:.2f} | {busy:.0f} % | {med(r['rss_kib'] for r in rs) / 1024:.1f} | "
+              f"{ratio} |")
+    cost = {mb: speed[(mb, OURS)] * mb / 1024 * ARM64_USD_PER_GB_S for mb in mbs}
+    cheapest = min(mbs, key=cost.get)
+    w("")
+    w("*CPU busy* is CPU time over wall time × vCPUs: near 100 % the contender uses its whole share, "
+      "and only less CPU per GiB makes it faster. *this ÷ ours* above 1 means ours is faster.\n")
+    w("Ours across memory sizes: " + "; ".join(
+        f"{mb} MB {speed[(mb, OURS)]:.1f} s/GiB for ${cost[mb]:.6f}" for mb in mbs)
+      + f". Cheapest per GiB: {cheapest} MB.\n")
+    return {mb: [n for n in names if n != OURS and speed[(mb, n)] < speed[(mb, OURS)]] for mb in mbs}
 
 
 def _profile_table(p):

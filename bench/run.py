@@ -10,6 +10,10 @@ One part can be measured again alone, keeping the rest of results.json:
     python bench/run.py --only poll-timing      # or init, sizes
 
 BENCH_EXAMPLES_DIR points at other builds of the examples (`target/debug/examples`, say).
+
+BENCH_PROFILE=quick picks binaries built with a faster, non-LTO profile, for experiments only
+(the numbers in BENCHMARKS.md come from the release profile). BENCH_SECTIONS lists what runs
+(default: everything).
 """
 
 import json
@@ -30,7 +34,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
-EXAMPLES = Path(os.environ.get("BENCH_EXAMPLES_DIR", TARGET / "release" / "examples"))
+PROFILE = os.environ.get("BENCH_PROFILE", "release")
+EXAMPLES = Path(os.environ.get("BENCH_EXAMPLES_DIR", TARGET / PROFILE / "examples"))
 BOOTSTRAP = TARGET / "release" / "bootstrap"
 VENV = ROOT / ".venv-bench" / "bin"
 PY = str(VENV / "python")
@@ -50,7 +55,15 @@ POLL_BATCHES = int(os.environ.get("BENCH_POLL_BATCHES", "20"))
 POLL_RUNS = os.environ.get("BENCH_POLL_RUNS", "20,40,120,480")
 POLL_REPEATS = os.environ.get("BENCH_POLL_REPEATS", "3")
 INIT_RUNS = int(os.environ.get("BENCH_INIT_RUNS", "10"))
+SECTIONS = os.environ.get("BENCH_SECTIONS", "copy,where,lambda,tuning,poll,poll-timing,init").split(",")
+# Lambda gives a function CPU in proportion to its memory: 1,769 MB buys one vCPU.
+LAMBDA_MB = [int(m) for m in os.environ.get("BENCH_LAMBDA_MB", "512,1024,1769,3538").split(",")]
+LAMBDA_SIZE = int(os.environ.get("BENCH_LAMBDA_SIZE", "1024"))
+LAMBDA_RUNS = int(os.environ.get("BENCH_LAMBDA_RUNS", str(RUNS)))
+MB_PER_VCPU = 1769
+CGROUP_CPU = Path("/sys/fs/cgroup/cpu")
 BUCKET = "bench"
+CEILING = "curl -o /dev/null"
 
 
 def log(*args):
@@ -118,7 +131,7 @@ def machine():
 def gen_files():
     DATA.mkdir(parents=True, exist_ok=True)
     files = {}
-    for mib in SIZES + ([TUNE_SIZE] if TUNE != "skip" else []):
+    for mib in SIZES + ([TUNE_SIZE] if TUNE != "skip" else []) + [LAMBDA_SIZE]:
         path = DATA / f"export_{mib}mib.csv.gz"
         meta = DATA / f"export_{mib}mib.json"
         if not (path.exists() and meta.exists()):
@@ -130,10 +143,12 @@ def gen_files():
     return files
 
 
-def time_v(cmd, env):
-    """Runs cmd under /usr/bin/time -v: wall seconds (ours), peak RSS KiB, user+sys seconds."""
+def time_v(cmd, env, quota=None):
+    """Runs cmd under /usr/bin/time -v: wall seconds (ours), peak RSS KiB, user+sys seconds.
+    With a quota, the process (and so everything it starts) runs inside that CPU group."""
     started = time.perf_counter()
-    p = subprocess.run(["/usr/bin/time", "-v", *cmd], env=env, capture_output=True, text=True)
+    p = subprocess.run(["/usr/bin/time", "-v", *cmd], env=env, capture_output=True, text=True,
+                       preexec_fn=quota.enter if quota else None)
     wall = time.perf_counter() - started
     if p.returncode != 0:
         raise RuntimeError(f"{cmd[0]} failed ({p.returncode}): {p.stderr[-2000:]}")
@@ -186,6 +201,7 @@ def aws_env(endpoint):
 
 
 def contenders(url, size, key, endpoint, part_mib=8, in_flight=4):
+    """Each way of copying the file at `url` to `key`; `key`'s name picks our content checks."""
     aws = str(VENV / "aws")
     return {
         "export-relay": [str(EXAMPLES / "bench_copy"), url, str(size), BUCKET, key,
@@ -194,7 +210,7 @@ def contenders(url, size, key, endpoint, part_mib=8, in_flight=4):
                                f"'{aws}' s3 cp - 's3://{BUCKET}/{key}' --endpoint-url '{endpoint}'"
                                " --only-show-errors"],
         "python requests+boto3": [PY, str(ROOT / "bench" / "py_copy.py"), url, BUCKET, key],
-        "curl -o /dev/null": ["curl", "-sf", url, "-o", "/dev/null"],
+        CEILING: ["curl", "-sf", url, "-o", "/dev/null"],
     }
 
 
@@ -208,7 +224,7 @@ def bench_copy(files, s3, source_port):
             key = f"copy/{mib}/{run}/export_{mib}mib.csv.gz"
             for name, cmd in contenders(url, size, key, s3.endpoint).items():
                 r = time_v(cmd, env)
-                if name != "curl -o /dev/null":
+                if name != CEILING:
                     s3.check_and_delete(key, size)
                 r.update(contender=name, mib=mib, size=size, run=run,
                          mib_s=size / MIB / r["wall"])
@@ -216,6 +232,87 @@ def bench_copy(files, s3, source_port):
                     f"{r['rss_kib'] / 1024:.1f} MiB RSS, {r['cpu']:.2f} s CPU")
                 results.append(r)
     return results
+
+
+def bench_where(files, s3, source_port):
+    """Where our CPU goes on the largest file: each check alone (`bench_checks`, one thread, the
+    file from the page cache), and our whole copy with and without the content checks (the same
+    bytes under a `.bin` name get the digests but no inflate and no row count)."""
+    mib = max(SIZES)
+    size = files[mib]["size"]
+    checks = [json.loads(subprocess.run([str(EXAMPLES / "bench_checks"), str(DATA / f"export_{mib}mib.csv.gz")],
+                                        check=True, capture_output=True, text=True).stdout)
+              for _ in range(RUNS)]
+    env = aws_env(s3.endpoint)
+    url = f"http://127.0.0.1:{source_port}/export_{mib}mib.csv.gz"
+    copies = []
+    for run in range(RUNS):
+        for name in (f"export_{mib}mib.csv.gz", f"export_{mib}mib.bin"):
+            key = f"where/{run}/{name}"
+            r = time_v(contenders(url, size, key, s3.endpoint)["export-relay"], env)
+            s3.check_and_delete(key, size)
+            r.update(name=name, run=run, mib=mib, mib_s=size / MIB / r["wall"])
+            log(f"where {name} run {run + 1}: {r['cpu']:.2f} s CPU, {r['mib_s']:.0f} MiB/s")
+            copies.append(r)
+    return {"mib": mib, "size": size, "checks": checks, "copies": copies}
+
+
+class Quota:
+    """A cgroup v1 `cpu` group whose CPU quota is a Lambda's share at `memory_mb`: memory ÷
+    1,769 MB vCPUs, enforced every 100 ms period, as Lambda's own (cgroup) limit is."""
+
+    PERIOD_US = 100_000
+
+    def __init__(self, memory_mb):
+        self.memory_mb = memory_mb
+        self.vcpus = memory_mb / MB_PER_VCPU
+        self.path = CGROUP_CPU / f"export-relay-bench-{os.getpid()}-{memory_mb}"
+        self.path.mkdir(exist_ok=True)
+        (self.path / "cpu.cfs_period_us").write_text(str(self.PERIOD_US))
+        (self.path / "cpu.cfs_quota_us").write_text(str(round(self.PERIOD_US * self.vcpus)))
+
+    def enter(self):
+        """Runs in the child between fork and exec: moves it into the group."""
+        (self.path / "cgroup.procs").write_text(str(os.getpid()))
+
+    def close(self):
+        try:
+            self.path.rmdir()
+        except OSError as e:
+            log(f"could not remove {self.path}: {e}")
+
+
+def bench_lambda(files, s3, source_port):
+    """Each contender under a Lambda-shaped CPU quota at each memory size; the S3 server and the
+    file source stay outside it. Returns {"skipped": why} if the quota cannot be set."""
+    try:
+        quotas = [Quota(mb) for mb in LAMBDA_MB]
+    except OSError as e:
+        log(f"lambda-shaped table skipped: no CPU quota under {CGROUP_CPU} ({e})")
+        return {"skipped": f"the CPU quota could not be set under {CGROUP_CPU}: {e}"}
+    env = aws_env(s3.endpoint)
+    mib = LAMBDA_SIZE
+    size = files[mib]["size"]
+    url = f"http://127.0.0.1:{source_port}/export_{mib}mib.csv.gz"
+    results = []
+    try:
+        for run in range(LAMBDA_RUNS):
+            for quota in quotas:
+                key = f"lambda/{quota.memory_mb}/{run}/export_{mib}mib.csv.gz"
+                for name, cmd in contenders(url, size, key, s3.endpoint).items():
+                    if name == CEILING:
+                        continue
+                    r = time_v(cmd, env, quota)
+                    s3.check_and_delete(key, size)
+                    r.update(contender=name, memory_mb=quota.memory_mb, vcpus=quota.vcpus, run=run,
+                             mib=mib, size=size, mib_s=size / MIB / r["wall"])
+                    log(f"lambda {quota.memory_mb} MB run {run + 1}/{LAMBDA_RUNS} {name}: "
+                        f"{r['wall']:.1f} s, {r['cpu']:.2f} s CPU")
+                    results.append(r)
+    finally:
+        for quota in quotas:
+            quota.close()
+    return {"mib": mib, "size": size, "runs": results}
 
 
 def bench_tuning(files, s3, source_port):
@@ -438,7 +535,8 @@ def sizes():
 def main():
     results = {"machine": machine(), "config": {
         "sizes_mib": SIZES, "runs": RUNS, "tuning": TUNE, "tune_size_mib": TUNE_SIZE,
-        "poll_batches": POLL_BATCHES, "init_runs": INIT_RUNS}}
+        "poll_batches": POLL_BATCHES, "init_runs": INIT_RUNS, "profile": PROFILE,
+        "lambda_mb": LAMBDA_MB, "lambda_size_mib": LAMBDA_SIZE, "lambda_runs": LAMBDA_RUNS}}
     started = time.time()
     files = gen_files()
     results["files"] = {str(k): v for k, v in files.items()}
@@ -448,19 +546,29 @@ def main():
     source_port = int(source.stdout.readline())
     s3 = S3()
     try:
-        results["copy"] = bench_copy(files, s3, source_port)
-        results["s3_alone"] = bench_s3_alone(files, s3)
-        results["tuning"] = bench_tuning(files, s3, source_port)
+        if "copy" in SECTIONS:
+            results["copy"] = bench_copy(files, s3, source_port)
+            results["s3_alone"] = bench_s3_alone(files, s3)
+        if "where" in SECTIONS:
+            results["where"] = bench_where(files, s3, source_port)
+        if "lambda" in SECTIONS:
+            results["lambda"] = bench_lambda(files, s3, source_port)
+        if "tuning" in SECTIONS:
+            results["tuning"] = bench_tuning(files, s3, source_port)
     finally:
         s3.close()
         stop(source)
         shutil.rmtree(S3ROOT, ignore_errors=True)
-    results["poll"] = bench_poll()
-    results["poll_timing"] = bench_poll_timing()
-    results["init"] = bench_init()
+    if "poll" in SECTIONS:
+        results["poll"] = bench_poll()
+    if "poll-timing" in SECTIONS:
+        results["poll_timing"] = bench_poll_timing()
+    if "init" in SECTIONS:
+        results["init"] = bench_init()
     results["sizes"] = sizes()
     results["seconds"] = time.time() - started
-    for r in results["copy"] + results["tuning"] + results["s3_alone"]:
+    timed = results.get("where", {}).get("copies", []) + results.get("lambda", {}).get("runs", [])
+    for r in results.get("copy", []) + results.get("tuning", []) + results.get("s3_alone", []) + timed:
         r.pop("stdout", None)
     out = ROOT / "bench" / "results.json"
     out.write_text(json.dumps(results, indent=1) + "\n")

@@ -7,6 +7,9 @@
 //! first batch warms the connections and is reported apart. Prints one JSON line: the wall
 //! time of each batch, and the process's CPU seconds over the measured batches.
 
+#[path = "support/cpu.rs"]
+mod cpu;
+
 use std::time::Instant;
 
 use export_relay::startup;
@@ -40,14 +43,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let warm = Instant::now();
     check(relay.handle(event.clone(), Deadline::NONE).await?)?;
     let warmup_seconds = warm.elapsed().as_secs_f64();
-    let cpu_before = cpu_seconds();
+    let cpu_before = cpu::seconds();
     let mut walls = Vec::with_capacity(batches);
     for _ in 0..batches {
         let started = Instant::now();
         check(relay.handle(event.clone(), Deadline::NONE).await?)?;
         walls.push(started.elapsed().as_secs_f64());
     }
-    let cpu = cpu_seconds() - cpu_before;
+    let cpu = cpu::seconds() - cpu_before;
     println!(
         "{}",
         json!({"records": event["Records"].as_array().map_or(0, Vec::len),
@@ -85,14 +88,4 @@ fn check(response: Value) -> Result<(), String> {
         Some(failed) if !failed.is_empty() => Err(format!("records failed: {response}")),
         _ => Ok(()),
     }
-}
-
-/// User plus system CPU time of this process, all threads, from /proc (clock ticks of 10 ms).
-fn cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let after_name = stat.rsplit(')').next().unwrap_or_default();
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
-    // Fields 14 and 15 of the file (utime, stime) are 11 and 12 after the name.
-    (ticks(11) + ticks(12)) / 100.0
 }

@@ -352,7 +352,7 @@ async fn stack_py(args: &[&str]) -> Value {
 
 /// Every AWS operation the function's code may call, and the IAM actions it needs. A call in
 /// `src/` missing here fails `the_function_role_grants_exactly_what_the_code_calls`.
-const CALLS: [(&str, &[&str]); 12] = [
+const CALLS: [(&str, &[&str]); 11] = [
     ("get_secret_value", &["secretsmanager:GetSecretValue"]),
     ("send_message", &["sqs:SendMessage"]),
     ("change_message_visibility", &["sqs:ChangeMessageVisibility"]),
@@ -365,7 +365,6 @@ const CALLS: [(&str, &[&str]); 12] = [
     // S3 answers a missing key with 404 only to a caller that may list the bucket, else 403.
     ("get_object", &["s3:GetObject", "s3:ListBucket"]),
     ("head_object", &["s3:GetObject", "s3:ListBucket"]),
-    ("copy_object", &["s3:GetObject", "s3:PutObject"]),
 ];
 
 /// What Lambda's SQS event source mapping does with the function's role.

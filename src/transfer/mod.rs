@@ -25,7 +25,7 @@ use tokio::sync::Semaphore;
 use url::Url;
 
 pub use self::deadline::Deadline;
-use self::parts::PartReader;
+use self::parts::{PartBuffers, PartReader};
 pub use self::policy::{UrlPolicy, content_type, object_key};
 use self::source::{Download, Recoveries};
 use crate::integrity::{CorruptGzip, Inspection, InspectionError, Inspector, SourceChecksums};
@@ -225,6 +225,7 @@ pub struct Transfer {
     /// them at once and memory stays at `part_size * parts_in_flight` whatever the file.
     part_slots: Arc<Semaphore>,
     slot_permits: u32,
+    part_buffers: PartBuffers,
     idle_timeout: Duration,
     /// Trusted beside the system's roots, for a file host with a private certificate.
     roots: Vec<reqwest::Certificate>,
@@ -248,6 +249,7 @@ impl Transfer {
             part_size,
             part_slots: Arc::new(Semaphore::new(parts_in_flight * mib(part_size) as usize)),
             slot_permits: (parts_in_flight * mib(part_size) as usize) as u32,
+            part_buffers: PartBuffers::new(part_size, parts_in_flight),
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             roots: Vec::new(),
             max_resumes: DEFAULT_MAX_RESUMES,
@@ -360,7 +362,12 @@ impl Transfer {
             Download::open(&self.http, url, expected_size, recoveries.clone(), timing, self.metrics.clone())
                 .await?;
         let inspector = Inspector::for_file(&destination.filename, announced);
-        let mut body = PartReader::new(download.into_stream(), expected_size, part_size, inspector);
+        // Parts that had to grow get buffers of their own; the pool keeps the usual size.
+        let buffers = match part_size == self.part_size {
+            true => self.part_buffers.clone(),
+            false => PartBuffers::new(part_size, 0),
+        };
+        let mut body = PartReader::new(download.into_stream(), expected_size, buffers, inspector);
         let first = body.next_part().await?;
         if body.finished() {
             let inspection = body.inspection().await?;

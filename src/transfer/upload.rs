@@ -1,19 +1,24 @@
 //! The upload side of a copy: a file that fits in one part goes up with one PutObject, a larger
 //! one as a multipart upload whose parts go up while the next fills. Every part holds a slot of
 //! the semaphore shared by all copies, so memory stays below `part_size * parts_in_flight`.
+//!
+//! Each file is written once: no CopyObject afterwards, so one `ObjectCreated` event per file,
+//! one version in a versioned bucket, and no 5 GiB limit. The SHA-256 is known only after the
+//! last byte, too late for a multipart upload's metadata; it goes into the manifest and the
+//! webhook, while the object carries S3's own full-object CRC64NVME, which S3 checks.
+//!
+//! Bodies go up with `UNSIGNED-PAYLOAD`: signing one means a second SHA-256 of every byte (the
+//! SDK's, beside ours), while its integrity is already covered by the CRC64NVME checksum S3
+//! checks on every part and on the whole object, and by TLS on the way.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use aws_sdk_s3::error::DisplayErrorContext;
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{
-    ChecksumAlgorithm, ChecksumType, CompletedMultipartUpload, CompletedPart, MetadataDirective,
-};
+use aws_sdk_s3::types::{ChecksumAlgorithm, ChecksumType, CompletedMultipartUpload, CompletedPart};
 use bytes::Bytes;
 use futures::Stream;
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::JoinSet;
 
@@ -42,9 +47,11 @@ impl Transfer {
             .bucket(&self.bucket)
             .key(&destination.key)
             .content_type(destination.content_type)
-            .set_metadata(Some(with_sha256(destination, inspection)))
+            .set_metadata(Some(destination.metadata.clone()))
             .checksum_crc64_nvme(&inspection.crc64nvme)
             .body(ByteStream::from(bytes))
+            .customize()
+            .disable_payload_signing()
             .send()
             .await
             .map_err(|e| TransferError::s3("PutObject", e))?;
@@ -87,9 +94,7 @@ impl Transfer {
         if completed.is_err() {
             self.abort(&destination.key, &upload_id).await;
         }
-        let (count, inspection) = completed?;
-        self.set_metadata(destination, &inspection).await?;
-        Ok((count, inspection))
+        completed
     }
 
     /// Uploads parts as they fill, each in its own task, holding a slot until it is stored.
@@ -139,9 +144,13 @@ impl Transfer {
             .upload_id(upload_id)
             .part_number(number)
             .checksum_algorithm(ChecksumAlgorithm::Crc64Nvme)
-            .body(ByteStream::from(bytes));
+            .body(ByteStream::from(bytes.clone()))
+            .customize()
+            .disable_payload_signing();
+        let buffers = self.part_buffers.clone();
         async move {
             let output = request.send().await.map_err(|e| TransferError::s3("UploadPart", e))?;
+            buffers.give_back(bytes);
             drop(slot);
             Ok(CompletedPart::builder()
                 .part_number(number)
@@ -175,28 +184,6 @@ impl Transfer {
         Ok(count)
     }
 
-    /// S3 fixes metadata when a multipart upload starts, before the SHA-256 is known. A copy of
-    /// the object onto itself, inside S3, adds it: no byte passes through the relay again.
-    async fn set_metadata(
-        &self,
-        destination: &Destination,
-        inspection: &Inspection,
-    ) -> Result<(), TransferError> {
-        self.s3
-            .copy_object()
-            .bucket(&self.bucket)
-            .key(&destination.key)
-            .copy_source(format!("{}/{}", self.bucket, urlencoding(&destination.key)))
-            .metadata_directive(MetadataDirective::Replace)
-            .content_type(destination.content_type)
-            .set_metadata(Some(with_sha256(destination, inspection)))
-            .checksum_algorithm(ChecksumAlgorithm::Crc64Nvme)
-            .send()
-            .await
-            .map_err(|e| TransferError::s3("CopyObject", e))?;
-        Ok(())
-    }
-
     /// A GET URL for the object that works without AWS credentials until it expires (or until
     /// the signing credentials do: a Lambda role's session lasts hours, not days).
     pub async fn presign(&self, key: &str, ttl: Duration) -> Result<String, TransferError> {
@@ -221,19 +208,6 @@ impl Transfer {
             tracing::warn!(key, error = %DisplayErrorContext(e), "could not abort multipart upload; the lifecycle rule will");
         }
     }
-}
-
-fn with_sha256(destination: &Destination, inspection: &Inspection) -> HashMap<String, String> {
-    let mut metadata = destination.metadata.clone();
-    metadata.insert("sha256".into(), inspection.sha256.clone());
-    metadata
-}
-
-/// A copy source is URL-encoded; `/` stays, as it separates the key's folders.
-fn urlencoding(key: &str) -> String {
-    const KEEP: &AsciiSet =
-        &NON_ALPHANUMERIC.remove(b'/').remove(b'-').remove(b'_').remove(b'.').remove(b'~');
-    utf8_percent_encode(key, KEEP).to_string()
 }
 
 fn joined(

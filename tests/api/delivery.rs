@@ -7,7 +7,8 @@ use dealmachine_sim::{CsvGz, DownloadFault, ExportSpec, FileSpec};
 use export_relay::transfer::Deadline;
 use serde_json::json;
 
-use crate::helpers::{PART, Setup, sha256, spawn_app, spawn_app_with};
+use crate::helpers::{PART, Setup, sha256, spawn_app, spawn_app_with, sqs_event};
+use crate::s3_proxy::{FaultyS3, relay_through};
 
 /// A file big enough for a multipart upload, stored uncompressed inside gzip so it builds fast.
 fn big(name: &str, seed: u64) -> FileSpec {
@@ -38,7 +39,7 @@ async fn the_manifest_is_written_last_and_names_every_checked_file() {
         assert_eq!(file["sha256"], measured.sha256.as_str());
         let (bytes, object) = app.object(&app.key(&id, name)).await.unwrap();
         assert_eq!(sha256(&bytes), measured.sha256);
-        assert_eq!(object.metadata().unwrap()["sha256"], measured.sha256, "SHA-256 in the object's metadata");
+        assert_eq!(object.metadata().unwrap().get("sha256"), None, "the SHA-256 is in the manifest only");
     }
     assert_eq!(files[0]["rows"], 60_000);
     assert_eq!(files[1]["rows"], 250);
@@ -47,6 +48,26 @@ async fn the_manifest_is_written_last_and_names_every_checked_file() {
     assert_eq!(hook["verified"], true);
     assert_eq!(hook["files"][0]["sha256"], expected[0].1.sha256.as_str());
     assert_eq!(app.pending_uploads().await, 0);
+}
+
+/// One write per file: one PutObject or one multipart upload, and no copy inside S3 afterwards,
+/// so each file raises one `ObjectCreated`, keeps one version, and may be larger than 5 GiB.
+#[tokio::test]
+async fn every_file_is_written_once_and_nothing_is_copied_inside_s3() {
+    let app = spawn_app().await;
+    let id = app.completed(vec![big("big.csv.gz", 3), FileSpec::csv("small.csv.gz", 4, 250)]);
+    let (proxy, url) = FaultyS3::recording().await;
+
+    let response = relay_through(&app, &url).await.handle(sqs_event(&[&id]), Deadline::NONE).await.unwrap();
+
+    assert_eq!(response["batchItemFailures"], json!([]));
+    assert_eq!(proxy.copies(), 0, "no CopyObject, no UploadPartCopy");
+    assert_eq!(proxy.uploads_started(), 1, "the big file is one multipart upload");
+    for name in ["big.csv.gz", "small.csv.gz"] {
+        assert_eq!(proxy.writes_to(&app.key(&id, name)), 1, "{name} is written once");
+    }
+    let manifest = app.manifest(&id).await.expect("manifest committed");
+    assert_eq!(manifest["files"][0]["sha256"], app.sim.files(&id)[0].1.sha256.as_str());
 }
 
 #[tokio::test]

@@ -28,6 +28,8 @@ pub struct FaultyS3 {
     requests: Arc<Mutex<Vec<String>>>,
     /// The JSON body of each SQS `SendMessage`, in order.
     sqs_sends: Arc<Mutex<Vec<serde_json::Value>>>,
+    /// Requests that asked S3 to copy from an object (`x-amz-copy-source`).
+    copies: Arc<AtomicUsize>,
 }
 
 /// A message the relay sent to SQS, as SQS was asked to take it.
@@ -64,6 +66,7 @@ impl FaultyS3 {
             injected: Arc::default(),
             requests: Arc::default(),
             sqs_sends: Arc::default(),
+            copies: Arc::default(),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -104,6 +107,25 @@ impl FaultyS3 {
             })
             .collect()
     }
+
+    /// CopyObject and UploadPartCopy calls made: the requests naming an `x-amz-copy-source`.
+    pub fn copies(&self) -> usize {
+        self.copies.load(Ordering::SeqCst)
+    }
+
+    /// Requests that start writing the object at `key`: PutObject (or CopyObject) and
+    /// CreateMultipartUpload, but not the parts of an upload.
+    pub fn writes_to(&self, key: &str) -> usize {
+        let requests = self.requests.lock().unwrap();
+        let starts_object = |request: &&String| {
+            let (method, uri) = request.split_once(' ').unwrap();
+            let (path, query) = uri.split_once('?').unwrap_or((uri, ""));
+            let put = method == "PUT" && !query.contains("uploadId=");
+            let create = method == "POST" && query.contains("uploads") && !query.contains("uploadId=");
+            path.ends_with(&format!("/{key}")) && (put || create)
+        };
+        requests.iter().filter(starts_object).count()
+    }
 }
 
 async fn forward(
@@ -117,6 +139,9 @@ async fn forward(
     proxy.requests.lock().unwrap().push(format!("{method} {uri}"));
     if headers.get("x-amz-target").is_some_and(|target| target == "AmazonSQS.SendMessage") {
         proxy.sqs_sends.lock().unwrap().push(serde_json::from_slice(&body).unwrap_or_default());
+    }
+    if headers.contains_key("x-amz-copy-source") {
+        proxy.copies.fetch_add(1, Ordering::SeqCst);
     }
     if let Some((status, body)) = (proxy.rule)(&method, uri.path()) {
         proxy.injected.fetch_add(1, Ordering::SeqCst);

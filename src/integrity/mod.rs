@@ -3,6 +3,8 @@
 //! file host announced for what it stored, and, for gzip CSV, a decode to the trailer with a
 //! count of the CSV rows inside.
 
+mod rows;
+
 use std::io::Write;
 
 use base64::Engine;
@@ -13,6 +15,8 @@ use flate2::write::MultiGzDecoder;
 use md5::Md5;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+pub use self::rows::RowCounter;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("the file is not valid gzip: {0}")]
@@ -67,18 +71,27 @@ pub struct Inspection {
     pub source: SourceChecksums,
 }
 
-/// Watches one file's bytes go by.
+/// Watches one file's bytes go by: the digests of the bytes as stored, and the content checks
+/// of what they decode to. The two halves are independent, so [`Beside`] runs each on a thread
+/// of its own.
 pub struct Inspector {
+    digests: Digests,
+    content: Content,
+}
+
+/// The digests of the bytes as they are stored: SHA-256 for consumers, CRC64NVME for S3, and the
+/// host's own CRC32C (or MD5) to check the bytes against.
+pub struct Digests {
     sha256: Sha256,
     crc: CrcDigest,
     crc32c: CrcDigest,
     /// Only when MD5 is the one checksum the host announced.
     md5: Option<Md5>,
     announced: Announced,
-    content: Content,
 }
 
-enum Content {
+/// What the bytes decode to: a `.gz` file must be gzip to its trailer, and CSV rows are counted.
+pub enum Content {
     Opaque,
     Csv(RowCounter),
     GzipCsv(Box<MultiGzDecoder<RowCounter>>),
@@ -89,16 +102,38 @@ impl Inspector {
     /// Chooses the checks from the file name (`.gz` must be gzip, `.csv` is counted) and from
     /// what the host announced.
     pub fn for_file(filename: &str, announced: Announced) -> Self {
-        let name = filename.to_ascii_lowercase();
-        let content = if name.ends_with(".csv.gz") {
-            Content::GzipCsv(Box::new(MultiGzDecoder::new(RowCounter::default())))
-        } else if name.ends_with(".gz") {
-            Content::Gzip(Box::new(MultiGzDecoder::new(std::io::sink())))
-        } else if name.ends_with(".csv") {
-            Content::Csv(RowCounter::default())
-        } else {
-            Content::Opaque
-        };
+        Self { digests: Digests::new(announced), content: Content::for_file(filename) }
+    }
+
+    pub fn update(&mut self, chunk: &[u8]) -> Result<(), CorruptGzip> {
+        self.digests.update(chunk);
+        self.content.update(chunk)
+    }
+
+    /// Checks the bytes against the host's checksum, then the gzip trailer (CRC and size), and
+    /// returns what was found. The host's checksum comes first: bytes that are not what it
+    /// stored say nothing about the file itself.
+    pub fn finish(self) -> Result<Inspection, InspectionError> {
+        let digested = self.digests.finish()?;
+        Ok(digested.with_rows(self.content.finish()?))
+    }
+}
+
+/// The digests' findings, waiting for the row count.
+struct Digested {
+    sha256: String,
+    crc64nvme: String,
+    source: SourceChecksums,
+}
+
+impl Digested {
+    fn with_rows(self, rows: Option<u64>) -> Inspection {
+        Inspection { sha256: self.sha256, crc64nvme: self.crc64nvme, rows, source: self.source }
+    }
+}
+
+impl Digests {
+    pub fn new(announced: Announced) -> Self {
         let md5 = (announced.crc32c.is_none() && announced.md5.is_some()).then(<Md5 as md5::Digest>::new);
         Self {
             sha256: Sha256::new(),
@@ -106,30 +141,19 @@ impl Inspector {
             crc32c: CrcDigest::new(CrcAlgorithm::Crc32Iscsi),
             md5,
             announced,
-            content,
         }
     }
 
-    pub fn update(&mut self, chunk: &[u8]) -> Result<(), CorruptGzip> {
+    pub fn update(&mut self, chunk: &[u8]) {
         self.sha256.update(chunk);
         self.crc.update(chunk);
         self.crc32c.update(chunk);
         if let Some(md5) = &mut self.md5 {
             md5::Digest::update(md5, chunk);
         }
-        let decoded = match &mut self.content {
-            Content::Opaque => Ok(()),
-            Content::Csv(counter) => counter.write_all(chunk),
-            Content::GzipCsv(decoder) => decoder.write_all(chunk),
-            Content::Gzip(decoder) => decoder.write_all(chunk),
-        };
-        decoded.map_err(|e| CorruptGzip(e.to_string()))
     }
 
-    /// Checks the bytes against the host's checksum, then the gzip trailer (CRC and size), and
-    /// returns what was found. The host's checksum comes first: bytes that are not what it
-    /// stored say nothing about the file itself.
-    pub fn finish(self) -> Result<Inspection, InspectionError> {
+    fn finish(self) -> Result<Digested, InspectionError> {
         let crc64nvme = BASE64.encode(self.crc.finalize().to_be_bytes());
         let crc32c = BASE64.encode((self.crc32c.finalize() as u32).to_be_bytes());
         let md5 = self.md5.map(|md5| BASE64.encode(md5::Digest::finalize(md5)));
@@ -138,19 +162,46 @@ impl Inspector {
             md5: check("md5", self.announced.md5, md5)?,
             generation: self.announced.generation,
         };
-        let rows = match self.content {
-            Content::Opaque => None,
-            Content::Csv(counter) => Some(counter.data_rows()),
-            Content::GzipCsv(mut decoder) => {
-                decoder.try_finish().map_err(|e| CorruptGzip(e.to_string()))?;
-                Some(decoder.get_ref().data_rows())
-            }
-            Content::Gzip(mut decoder) => {
-                decoder.try_finish().map_err(|e| CorruptGzip(e.to_string()))?;
-                None
-            }
+        Ok(Digested { sha256: format!("{:x}", self.sha256.finalize()), crc64nvme, source })
+    }
+}
+
+impl Content {
+    pub fn for_file(filename: &str) -> Self {
+        let name = filename.to_ascii_lowercase();
+        if name.ends_with(".csv.gz") {
+            Self::GzipCsv(Box::new(MultiGzDecoder::new(RowCounter::default())))
+        } else if name.ends_with(".gz") {
+            Self::Gzip(Box::new(MultiGzDecoder::new(std::io::sink())))
+        } else if name.ends_with(".csv") {
+            Self::Csv(RowCounter::default())
+        } else {
+            Self::Opaque
+        }
+    }
+
+    pub fn update(&mut self, chunk: &[u8]) -> Result<(), CorruptGzip> {
+        let decoded = match self {
+            Self::Opaque => Ok(()),
+            Self::Csv(counter) => counter.write_all(chunk),
+            Self::GzipCsv(decoder) => decoder.write_all(chunk),
+            Self::Gzip(decoder) => decoder.write_all(chunk),
         };
-        Ok(Inspection { sha256: format!("{:x}", self.sha256.finalize()), crc64nvme, rows, source })
+        decoded.map_err(|e| CorruptGzip(e.to_string()))
+    }
+
+    /// Checks the gzip trailer, and returns the CSV data rows.
+    pub fn finish(self) -> Result<Option<u64>, CorruptGzip> {
+        let trailer = |e: std::io::Error| CorruptGzip(e.to_string());
+        match self {
+            Self::Opaque => Ok(None),
+            Self::Csv(counter) => Ok(Some(counter.data_rows())),
+            Self::GzipCsv(mut decoder) => {
+                decoder.try_finish().map_err(trailer)?;
+                Ok(Some(decoder.get_ref().data_rows()))
+            }
+            Self::Gzip(mut decoder) => decoder.try_finish().map(|()| None).map_err(trailer),
+        }
     }
 }
 
@@ -169,89 +220,90 @@ fn check(
     }
 }
 
-/// Runs an [`Inspector`] on a blocking thread beside the copy, so decoding and hashing overlap
-/// with the network instead of adding to it. Chunks are shared, not copied, and at most a few
-/// wait in the channel, so memory stays bounded.
+/// Runs an [`Inspector`] beside the copy, its digests on one blocking thread and its content
+/// checks on another, so hashing, decoding and the network overlap on as many cores as the
+/// Lambda has. Chunks are shared, not copied, and at most a few wait for each thread, so memory
+/// stays bounded.
 pub struct Beside {
-    chunks: Option<tokio::sync::mpsc::Sender<Bytes>>,
-    task: tokio::task::JoinHandle<Result<Inspection, InspectionError>>,
+    digests: Worker<Result<Digested, InspectionError>>,
+    content: Worker<Result<Option<u64>, Stopped>>,
 }
 
-/// Chunks that may wait for the inspector. A chunk can be hundreds of KiB on a fast link, so
-/// keep this small: it adds to the memory bound, while more buys no speed once the inspector is
-/// the slower side.
+/// Chunks that may wait for each thread. A chunk can be hundreds of KiB on a fast link, so keep
+/// this small: it adds to the memory bound, while more buys no speed once a thread is the
+/// slower side.
 const CHUNKS_WAITING: usize = 4;
 
-impl Beside {
-    pub fn spawn(mut inspector: Inspector) -> Self {
+/// The content checks failed: on a chunk (the stream is broken before its end), or at the end.
+enum Stopped {
+    Early(CorruptGzip),
+    AtEnd(CorruptGzip),
+}
+
+/// One blocking thread fed chunks through a bounded channel.
+struct Worker<T> {
+    chunks: Option<tokio::sync::mpsc::Sender<Bytes>>,
+    task: tokio::task::JoinHandle<T>,
+}
+
+impl<T: Send + 'static> Worker<T> {
+    /// `work` takes chunks until the channel closes, or until it gives up on its own.
+    fn spawn(work: impl FnOnce(&mut tokio::sync::mpsc::Receiver<Bytes>) -> T + Send + 'static) -> Self {
         let (chunks, mut received) = tokio::sync::mpsc::channel::<Bytes>(CHUNKS_WAITING);
-        let task = tokio::task::spawn_blocking(move || {
-            while let Some(chunk) = received.blocking_recv() {
-                inspector.update(&chunk).map_err(InspectionError::Corrupt)?;
-            }
-            inspector.finish()
-        });
+        let task = tokio::task::spawn_blocking(move || work(&mut received));
         Self { chunks: Some(chunks), task }
     }
 
-    /// Hands a chunk over. An error means the inspector has stopped on a broken file; `finish`
-    /// says why.
-    pub async fn update(&mut self, chunk: Bytes) -> Result<(), ()> {
+    async fn send(&mut self, chunk: Bytes) -> Result<(), ()> {
         let chunks = self.chunks.as_ref().ok_or(())?;
         chunks.send(chunk).await.map_err(|_| self.chunks = None)
     }
 
-    /// Waits for the inspector to see the last chunk, and returns what it found.
-    pub async fn finish(mut self) -> Result<Inspection, InspectionError> {
+    async fn join(mut self) -> Result<T, tokio::task::JoinError> {
         self.chunks = None;
-        self.task.await.unwrap_or_else(|e| Err(CorruptGzip(format!("the inspection stopped: {e}")).into()))
+        self.task.await
     }
 }
 
-/// Counts CSV records: line breaks outside double quotes, so a quoted field that spans lines
-/// is one row, as RFC 4180 reads it.
-#[derive(Debug, Default)]
-struct RowCounter {
-    records: u64,
-    in_quotes: bool,
-    /// True when bytes have come since the last record ended.
-    open_record: bool,
-}
-
-impl RowCounter {
-    fn data_rows(&self) -> u64 {
-        (self.records + u64::from(self.open_record)).saturating_sub(1)
-    }
-}
-
-impl Write for RowCounter {
-    /// Jumps from quote to line break with `memchr`, so the CSV is not walked byte by byte.
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let mut record_end = None;
-        for at in memchr::memchr2_iter(b'"', b'\n', buf) {
-            if buf[at] == b'"' {
-                self.in_quotes = !self.in_quotes;
-            } else if !self.in_quotes {
-                self.records += 1;
-                record_end = Some(at + 1);
+impl Beside {
+    pub fn spawn(inspector: Inspector) -> Self {
+        let Inspector { mut digests, mut content } = inspector;
+        let digests = Worker::spawn(move |chunks| {
+            while let Some(chunk) = chunks.blocking_recv() {
+                digests.update(&chunk);
             }
-        }
-        let tail = match record_end {
-            Some(end) => {
-                self.open_record = false;
-                &buf[end..]
+            digests.finish()
+        });
+        let content = Worker::spawn(move |chunks| {
+            while let Some(chunk) = chunks.blocking_recv() {
+                content.update(&chunk).map_err(Stopped::Early)?;
             }
-            None => buf,
-        };
-        // Anything but a carriage return after the last record's end starts a new record.
-        if tail.iter().any(|&byte| byte != b'\r') {
-            self.open_record = true;
-        }
-        Ok(buf.len())
+            content.finish().map_err(Stopped::AtEnd)
+        });
+        Self { digests, content }
     }
 
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
+    /// Hands a chunk over to both threads. An error means the content checks have stopped on a
+    /// broken file; `finish` says why.
+    pub async fn update(&mut self, chunk: Bytes) -> Result<(), ()> {
+        self.digests.send(chunk.clone()).await?;
+        self.content.send(chunk).await
+    }
+
+    /// Waits for both threads to see the last chunk, and returns what they found, in the order
+    /// [`Inspector::finish`] checks it: a file broken before its end is corrupt whatever its
+    /// digests, else the host's checksum comes before the gzip trailer.
+    pub async fn finish(self) -> Result<Inspection, InspectionError> {
+        let stopped = |e| CorruptGzip(format!("the inspection stopped: {e}"));
+        let content = self.content.join().await.unwrap_or_else(|e| Err(Stopped::Early(stopped(e))));
+        if let Err(Stopped::Early(e)) = content {
+            return Err(e.into());
+        }
+        let digested = self.digests.join().await.map_err(stopped)??;
+        match content {
+            Ok(rows) => Ok(digested.with_rows(rows)),
+            Err(Stopped::Early(e) | Stopped::AtEnd(e)) => Err(e.into()),
+        }
     }
 }
 
