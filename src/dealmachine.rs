@@ -104,12 +104,12 @@ pub mod rate_headers {
     pub const REMAINING: &str = "x-ratelimit-remaining";
     /// When this minute's budget is refilled, in Unix seconds.
     pub const RESET: &str = "x-ratelimit-reset";
-    /// Requests left today (of 5,000). DealMachine documents a daily limit but, unlike the
-    /// minute's three `X-RateLimit-*` headers, names no header for it in its API reference;
-    /// this name follows the minute's pattern with a `-Day` suffix, as the simulator
-    /// (`crates/dealmachine-sim/src/api.rs`, `gate`) serves it. Change it here, and only
-    /// here, if the real API names it otherwise: an absent header only means the day's budget
-    /// is not read.
+    /// Requests left today (of the organization's 5,000). Where the name comes from: the
+    /// minute's `X-RateLimit-*` pattern with a `-Day` suffix, as the relay has read it since the
+    /// first sweep and as the simulator serves it (`crates/dealmachine-sim/src/api.rs`,
+    /// `Shared::gate`, beside `-Limit-Day` and `-Reset-Day`). It is the one header name here
+    /// not checked against a real answer: if DealMachine names it otherwise, change it here
+    /// and only here. An absent header only means the day's budget is not read.
     pub const REMAINING_DAY: &str = "x-ratelimit-remaining-day";
 }
 

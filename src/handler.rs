@@ -204,8 +204,14 @@ impl Relay {
             Lookup::Throttled(wait) => return self.poll_later(request, chain.as_ref(), None, wait).await,
         };
         // The export is in hand from its first receipt (once the API has shown it, so unknown
-        // IDs leave no trace): the sweep starts no second copy of it.
-        let chain = self.ledger.hold(&request.export_id, chain, request.attempt, request.claimant()).await?;
+        // IDs leave no trace): the sweep starts no second copy of it. A record that polls again
+        // claims the next poll in the chain a moment later, which marks it just the same.
+        let polls_again = matches!(fetched.export.status, ExportStatus::Pending | ExportStatus::Processing)
+            && !self.polled_too_long(request);
+        let chain = match polls_again {
+            true => chain,
+            false => self.ledger.hold(&request.export_id, chain, request.attempt, request.claimant()).await?,
+        };
         if let Some(ahead) = ahead_of(request, chain.as_ref()) {
             return Ok(self.overtaken(request, ahead));
         }
