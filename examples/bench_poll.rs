@@ -66,8 +66,8 @@ fn sqs_event<'a>(ids: impl Iterator<Item = &'a str>) -> Value {
             json!({
                 "messageId": format!("bench-{i}"),
                 "receiptHandle": format!("bench-receipt-{i}"),
-                // A later poll of a running chain, as most poll invocations are; the first one
-                // also writes the chain's `.in-flight.json` marker to S3.
+                // A later poll of a running chain, as most poll invocations are; the first
+                // receipt of each export also opens its `.chain.json` in S3.
                 "body": json!({"export_id": id, "attempt": 2, "first_seen_at": chrono::Utc::now()}).to_string(),
                 "attributes": {"ApproximateReceiveCount": "1", "SentTimestamp": "1764470000000",
                                "SenderId": "BENCH", "ApproximateFirstReceiveTimestamp": "1764470000001"},

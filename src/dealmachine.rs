@@ -86,10 +86,31 @@ pub struct RateInfo {
     pub throttled_for: Option<Duration>,
     /// 429 answers on the way.
     pub rate_limited: usize,
+    /// `X-RateLimit-Limit`: requests allowed a minute.
+    pub limit: Option<u64>,
     /// `X-RateLimit-Remaining`: requests left this minute.
     pub remaining: Option<u64>,
-    /// `X-RateLimit-Remaining-Day`: requests left today.
+    /// `X-RateLimit-Reset`: when the minute's budget is refilled.
+    pub reset: Option<DateTime<Utc>>,
+    /// The day's header (see [`rate_headers::REMAINING_DAY`]): requests left today.
     pub remaining_today: Option<u64>,
+}
+
+/// The rate-limit headers the API sends on every answer, named here and nowhere else.
+pub mod rate_headers {
+    /// Requests allowed a minute, for the whole organization (60).
+    pub const LIMIT: &str = "x-ratelimit-limit";
+    /// Requests left this minute.
+    pub const REMAINING: &str = "x-ratelimit-remaining";
+    /// When this minute's budget is refilled, in Unix seconds.
+    pub const RESET: &str = "x-ratelimit-reset";
+    /// Requests left today (of the organization's 5,000). Where the name comes from: the
+    /// minute's `X-RateLimit-*` pattern with a `-Day` suffix, as the relay has read it since the
+    /// first sweep and as the simulator serves it (`crates/dealmachine-sim/src/api.rs`,
+    /// `Shared::gate`, beside `-Limit-Day` and `-Reset-Day`). It is the one header name here
+    /// not checked against a real answer: if DealMachine names it otherwise, change it here
+    /// and only here. An absent header only means the day's budget is not read.
+    pub const REMAINING_DAY: &str = "x-ratelimit-remaining-day";
 }
 
 /// One page of the export list.
@@ -97,6 +118,9 @@ pub struct RateInfo {
 pub struct Page {
     pub exports: Vec<Export>,
     pub has_more: bool,
+    /// `pagination.total`: how many exports the whole list holds now. It grows while a pass
+    /// runs as exports are created at the head, shifting every offset by as much.
+    pub total: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -198,7 +222,7 @@ impl DealMachineClient {
     }
 
     pub async fn get_export(&self, id: &ExportId) -> Result<Fetched, ApiError> {
-        let (body, rate) = self.get(&["exports", id.as_str()], &[]).await?;
+        let (body, rate) = self.get(&["exports", id.as_str()], &[], is_transient).await?;
         let export = parse_export(&body)?;
         if export.export_id != id.as_str() {
             return Err(ApiError::InvalidResponse(format!(
@@ -209,34 +233,41 @@ impl DealMachineClient {
         Ok(Fetched { export, rate })
     }
 
-    /// One page of `GET /exports`, newest first.
+    /// One page of `GET /exports` (of one status, or of all with `None`), newest first. A 429
+    /// is not retried: a list is read to find work, never worth spending the budget twice on,
+    /// so its reader stops at the first one and says when the budget comes back.
     pub async fn list_exports(
         &self,
-        status: ExportStatus,
+        status: Option<ExportStatus>,
         limit: u32,
         offset: u32,
     ) -> Result<(Page, RateInfo), ApiError> {
-        let status = serde_json::to_value(status).expect("statuses serialize");
-        let query = [
-            ("status", status.as_str().unwrap_or_default().to_string()),
-            ("limit", limit.to_string()),
-            ("offset", offset.to_string()),
-        ];
-        let (body, rate) = self.get(&["exports"], &query).await?;
+        let mut query = vec![("limit", limit.to_string()), ("offset", offset.to_string())];
+        if let Some(status) = status {
+            let status = serde_json::to_value(status).expect("statuses serialize");
+            query.insert(0, ("status", status.as_str().unwrap_or_default().to_string()));
+        }
+        let (body, rate) = self.get(&["exports"], &query, is_server_error).await?;
         Ok((parse_page(&body)?, rate))
     }
 
-    /// A `GET` with the key, short retries, a size cap, and DealMachine's error shape read. A
-    /// 401 is asked once more if the key turns out to have changed where it is kept.
-    async fn get(&self, segments: &[&str], query: &[(&str, String)]) -> Result<(Bytes, RateInfo), ApiError> {
+    /// A `GET` with the key, short retries (of the statuses `retry_status` names), a size cap,
+    /// and DealMachine's error shape read. A 401 is asked once more if the key turns out to
+    /// have changed where it is kept.
+    async fn get(
+        &self,
+        segments: &[&str],
+        query: &[(&str, String)],
+        retry_status: fn(StatusCode) -> bool,
+    ) -> Result<(Bytes, RateInfo), ApiError> {
         let mut url = self.url(segments);
         if !query.is_empty() {
             url.query_pairs_mut().extend_pairs(query);
         }
         let key = self.key();
-        match self.get_with(&url, &key).await {
+        match self.get_with(&url, &key, retry_status).await {
             Err(ApiError::Unauthorized(message)) => match self.fresh_key(&key).await {
-                Some(fresh) => self.get_with(&url, &fresh).await,
+                Some(fresh) => self.get_with(&url, &fresh, retry_status).await,
                 None => Err(ApiError::Unauthorized(message)),
             },
             answer => answer,
@@ -275,18 +306,18 @@ impl DealMachineClient {
         Some(read)
     }
 
-    async fn get_with(&self, url: &Url, key: &Secret) -> Result<(Bytes, RateInfo), ApiError> {
-        let sent = http::send_with_retry(&self.retry, is_transient, || {
+    async fn get_with(
+        &self,
+        url: &Url,
+        key: &Secret,
+        retry_status: fn(StatusCode) -> bool,
+    ) -> Result<(Bytes, RateInfo), ApiError> {
+        let sent = http::send_with_retry(&self.retry, retry_status, || {
             self.http.get(url.clone()).bearer_auth(key.expose())
         })
         .await
         .map_err(|e| ApiError::Transport(e.without_url()))?;
-        let rate = RateInfo {
-            throttled_for: sent.throttled_for,
-            rate_limited: sent.rate_limited,
-            remaining: header_number(&sent.response, "x-ratelimit-remaining"),
-            remaining_today: header_number(&sent.response, "x-ratelimit-remaining-day"),
-        };
+        let rate = rate_info(&sent);
         let status = sent.response.status();
         let body = http::read_capped(sent.response, MAX_BODY_BYTES).await.map_err(|e| match e {
             BodyError::Read(e) => ApiError::Transport(e.without_url()),
@@ -309,18 +340,37 @@ impl DealMachineClient {
 }
 
 fn is_transient(status: StatusCode) -> bool {
-    status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error()
+    status == StatusCode::TOO_MANY_REQUESTS || is_server_error(status)
+}
+
+fn is_server_error(status: StatusCode) -> bool {
+    status.is_server_error()
+}
+
+/// The rate-limit headers of the last answer, with what the retries on the way saw.
+fn rate_info(sent: &http::Sent) -> RateInfo {
+    let number = |name| header_number(&sent.response, name);
+    RateInfo {
+        throttled_for: sent.throttled_for,
+        rate_limited: sent.rate_limited,
+        limit: number(rate_headers::LIMIT),
+        remaining: number(rate_headers::REMAINING),
+        reset: number(rate_headers::RESET).and_then(|at| DateTime::from_timestamp(at as i64, 0)),
+        remaining_today: number(rate_headers::REMAINING_DAY),
+    }
 }
 
 fn header_number(response: &reqwest::Response, name: &str) -> Option<u64> {
     response.headers().get(name)?.to_str().ok()?.trim().parse().ok()
 }
 
-/// Parses `{"data": [...], "pagination": {"has_more"}}`.
+/// Parses `{"data": [...], "pagination": {"has_more", "total"}}`.
 pub fn parse_page(body: &[u8]) -> Result<Page, ApiError> {
     #[derive(Deserialize)]
     struct Pagination {
         has_more: bool,
+        #[serde(default)]
+        total: Option<u64>,
     }
     #[derive(Deserialize)]
     struct Envelope {
@@ -329,7 +379,7 @@ pub fn parse_page(body: &[u8]) -> Result<Page, ApiError> {
     }
     let page: Envelope = serde_json::from_slice(body)
         .map_err(|e| ApiError::InvalidResponse(format!("{e} (body starts {:?})", excerpt(body))))?;
-    Ok(Page { exports: page.data, has_more: page.pagination.has_more })
+    Ok(Page { exports: page.data, has_more: page.pagination.has_more, total: page.pagination.total })
 }
 
 /// Parses `{"data": {...}}` into an export, with an error that says what was wrong.

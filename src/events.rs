@@ -205,10 +205,11 @@ pub struct ReplayRequest {
 /// What a sweep looks at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 pub struct SweepRequest {
-    /// How far back to look, by the exports' `created_at`.
+    /// How far back to look for running and failed exports, by their `created_at`. Completed
+    /// ones are looked at while their links live (`expires_at`), however old.
     #[serde(default = "default_lookback_hours")]
     pub lookback_hours: u32,
-    /// Stop after seeing this many exports.
+    /// Stop after enqueuing this many exports; the next sweep carries on from there.
     #[serde(default)]
     pub max_exports: Option<u32>,
 }

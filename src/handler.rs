@@ -204,15 +204,25 @@ impl Relay {
     ) -> Result<Report, RelayError> {
         // A duplicate of a poll, or a retry its successor has overtaken, costs no API request.
         let chain = self.ledger.chain(&request.export_id).await?;
-        if let Some(ahead) =
-            chain.as_ref().filter(|c| !c.value.lets_poll(request.attempt, request.claimant(), Utc::now()))
-        {
-            return Ok(self.overtaken(request, &ahead.value));
+        if let Some(ahead) = ahead_of(request, chain.as_ref()) {
+            return Ok(self.overtaken(request, ahead));
         }
         let fetched = match self.look_up(request, listed).await? {
             Lookup::Seen(fetched) => *fetched,
             Lookup::Throttled(wait) => return self.poll_later(request, chain.as_ref(), None, wait).await,
         };
+        // The export is in hand from its first receipt (once the API has shown it, so unknown
+        // IDs leave no trace): the sweep starts no second copy of it. A record that polls again
+        // claims the next poll in the chain a moment later, which marks it just the same.
+        let polls_again = matches!(fetched.export.status, ExportStatus::Pending | ExportStatus::Processing)
+            && !self.polled_too_long(request);
+        let chain = match polls_again {
+            true => chain,
+            false => self.ledger.hold(&request.export_id, chain, request.attempt, request.claimant()).await?,
+        };
+        if let Some(ahead) = ahead_of(request, chain.as_ref()) {
+            return Ok(self.overtaken(request, ahead));
+        }
         let export = &fetched.export;
         match export.status {
             ExportStatus::Pending | ExportStatus::Processing if self.polled_too_long(request) => {
@@ -420,13 +430,6 @@ impl Relay {
         if let Err(e) = self.ledger.move_chain(&request.export_id, Some(&claimed), sent).await {
             // The claim stands; a retry of this record would take it over and send again.
             warn!(error = %e, "the next poll is on the queue, but the ledger could not record it");
-        }
-        if request.attempt == 1 {
-            // A poll chain starts: tell the sweep, so it does not start a second one. The
-            // message is on the queue already, so a failure here must not fail the record.
-            if let Err(e) = self.ledger.mark_in_flight(&request.export_id).await {
-                warn!(error = %e, "could not record the poll chain for the sweep");
-            }
         }
         info!(
             next_attempt = next.attempt,
@@ -844,6 +847,11 @@ impl Links {
 /// winner's claim cannot be read back.
 fn next_claim(next: &ExportRequest) -> Chain {
     Chain { attempt: next.attempt, state: ChainState::Claimed, by: String::new(), at: Utc::now() }
+}
+
+/// The chain ahead of `request`, when another message of the export owns the next poll.
+fn ahead_of<'c>(request: &ExportRequest, chain: Option<&'c Versioned<Chain>>) -> Option<&'c Chain> {
+    chain.map(|c| &c.value).filter(|c| !c.lets_poll(request.attempt, request.claimant(), Utc::now()))
 }
 
 /// A bad URL, name or file list in the export itself: retrying cannot fix it.

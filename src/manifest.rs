@@ -8,7 +8,11 @@
 //!   (out of time, killed) is resumed by the next one file by file.
 //! - `.chain.json` is the export's poll chain: the one attempt whose message may be on the queue.
 //!   A record claims the next attempt before it sends it, so duplicates and retries never fork
-//!   the chain.
+//!   the chain. A record's first receipt opens it, and so does the sweep before it enqueues:
+//!   an open chain is the export "in hand", which the sweep leaves alone; it ends when the
+//!   export has an outcome.
+//! - `.sweep-cursor.json` (beside the exports, not in one) is where the last sweep stopped, so
+//!   the next carries on from there.
 //! - `.delivered/{type}.json` records that a webhook went out, so a redelivery sends only what is
 //!   still owed, and holds the event, so an operator can replay it.
 
@@ -25,6 +29,7 @@ use crate::dealmachine::Export;
 use crate::events::ExportId;
 use crate::integrity::SourceChecksums;
 use crate::notify::{Event, EventData, EventType};
+use crate::pages::Position;
 
 /// Manifests and markers are small; a larger one was not written by the relay.
 const MAX_MANIFEST_BYTES: usize = 8 * 1024 * 1024;
@@ -174,6 +179,23 @@ impl Chain {
             || self.attempt <= attempt
             || (self.attempt == attempt + 1 && abandoned)
     }
+
+    /// Whether a message for the export is, or is about to be, on the queue: the chain is open
+    /// and moved less than `lease` ago, the longest a live chain goes without moving. An ended
+    /// chain is not in hand: it ended with the export's outcome, so the mark lasts exactly as
+    /// long as the work, and a chain whose record was lost (dead-lettered) is let go after the
+    /// lease.
+    pub fn in_hand(&self, now: DateTime<Utc>, lease: Duration) -> bool {
+        self.state != ChainState::Ended && (now - self.at).to_std().unwrap_or_default() < lease
+    }
+}
+
+/// Where a sweep stopped before the end of its window, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SweepCursor {
+    pub position: Position,
+    pub stopped_at: DateTime<Utc>,
+    pub reason: String,
 }
 
 /// A value read from the ledger, with the ETag to write it back conditionally.
@@ -210,8 +232,9 @@ impl Ledger {
         format!("{}{id}/.delivered/{}.json", self.prefix, event.as_str())
     }
 
-    fn in_flight_key(&self, id: &ExportId) -> String {
-        format!("{}{id}/.in-flight.json", self.prefix)
+    /// Beside the exports' folders: a name that starts with a dot is no export ID.
+    fn sweep_cursor_key(&self) -> String {
+        format!("{}.sweep-cursor.json", self.prefix)
     }
 
     fn chain_key(&self, id: &ExportId) -> String {
@@ -260,18 +283,38 @@ impl Ledger {
         self.exists(&self.manifest_key(id)).await.map(|modified| modified.is_some())
     }
 
-    /// Records that a message for this export is on the queue (a poll chain or a copy), so a
-    /// sweep does not start a second one.
-    pub async fn mark_in_flight(&self, id: &ExportId) -> Result<(), LedgerError> {
-        let key = self.in_flight_key(id);
-        let body = serde_json::json!({"export_id": id.as_str(), "since": Utc::now()});
-        self.put_json(&key, body).await
+    /// Records a record's first receipt: a chain that is absent or ended is opened at the
+    /// record's attempt, so from now on the sweep sees the export in hand, whichever path
+    /// brought the record (upstream, a redrive, a retry after a passing failure). Returns the
+    /// chain as it now stands: opened by this record, or by another that got there first.
+    pub async fn hold(
+        &self,
+        id: &ExportId,
+        read: Option<Versioned<Chain>>,
+        attempt: u32,
+        by: &str,
+    ) -> Result<Option<Versioned<Chain>>, LedgerError> {
+        if read.as_ref().is_some_and(|chain| chain.value.state != ChainState::Ended) {
+            return Ok(read);
+        }
+        let open = Chain { attempt, state: ChainState::Sent, by: by.into(), at: Utc::now() };
+        match self.move_chain(id, read.as_ref(), open).await? {
+            Some(opened) => Ok(Some(opened)),
+            None => self.chain(id).await,
+        }
     }
 
-    /// True when a message was put on the queue for this export less than `within` ago.
-    pub async fn in_flight(&self, id: &ExportId, within: std::time::Duration) -> Result<bool, LedgerError> {
-        let since = self.exists(&self.in_flight_key(id)).await?;
-        Ok(since.is_some_and(|at| (Utc::now() - at).to_std().unwrap_or_default() < within))
+    /// Where the last sweep stopped, if it stopped before the end of its window.
+    pub async fn sweep_cursor(&self) -> Result<Option<SweepCursor>, LedgerError> {
+        let read = self.read_json::<Option<SweepCursor>>(&self.sweep_cursor_key()).await?;
+        Ok(read.and_then(|cursor| cursor.value))
+    }
+
+    /// Records where this sweep stopped; `None` when it read its whole window, so the next
+    /// starts at the head of the list.
+    pub async fn save_sweep_cursor(&self, cursor: Option<&SweepCursor>) -> Result<(), LedgerError> {
+        let body = serde_json::to_value(cursor).expect("cursors always serialize");
+        self.put_json(&self.sweep_cursor_key(), body).await
     }
 
     /// When the object was last written, if it exists.
@@ -457,6 +500,22 @@ mod tests {
             chain(9, ChainState::Ended, "m8", 10).lets_poll(1, "new", now),
             "a new request after the end"
         );
+    }
+
+    #[test]
+    fn an_open_chain_is_in_hand_until_it_ends_or_outlives_its_lease() {
+        let now = Utc::now();
+        let lease = Duration::from_secs(3600);
+        let chain = |state, age_seconds: i64| Chain {
+            attempt: 1,
+            state,
+            by: "m".into(),
+            at: now - chrono::Duration::seconds(age_seconds),
+        };
+        assert!(chain(ChainState::Sent, 10).in_hand(now, lease));
+        assert!(chain(ChainState::Claimed, 10).in_hand(now, lease));
+        assert!(!chain(ChainState::Ended, 10).in_hand(now, lease), "the export's outcome ends it");
+        assert!(!chain(ChainState::Sent, 3601).in_hand(now, lease), "its message was lost");
     }
 
     #[test]

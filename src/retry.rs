@@ -52,6 +52,12 @@ impl RetrySchedule {
         &self.0
     }
 
+    /// How long a record that keeps failing stays on the queue, waiting out every step, before
+    /// the redrive policy (`MaxReceiveCount` = steps + 1) moves it to the dead-letter queue.
+    pub fn span(&self) -> Duration {
+        self.0.iter().sum()
+    }
+
     /// The wait after the `receive_count`-th delivery failed.
     pub fn after(&self, receive_count: u32) -> Duration {
         let index = (receive_count.max(1) as usize - 1).min(self.0.len() - 1);
@@ -107,6 +113,11 @@ impl Retries {
     /// True on the receive after which SQS moves a failed record to the dead-letter queue.
     pub fn is_last_receive(&self, record: &SqsMessage) -> bool {
         self.max_receives.is_some_and(|max| receive_count(record) >= max)
+    }
+
+    /// See [`RetrySchedule::span`].
+    pub fn span(&self) -> Duration {
+        self.schedule.span()
     }
 
     /// Hides a failed record for its next step. If that fails, the queue's visibility timeout

@@ -286,6 +286,11 @@ pub struct SimOptions {
     pub per_minute_limit: Option<u32>,
     /// The `X-RateLimit-Remaining` to report, for tests of budget-aware callers.
     pub reported_remaining: Option<u32>,
+    /// The `X-RateLimit-Remaining-Day` to report; by default 5,000 less the requests seen.
+    pub reported_remaining_day: Option<u32>,
+    /// List items as summaries, without `download_urls`: nothing in DealMachine's
+    /// documentation promises that list items carry signed URLs, so callers must not need them.
+    pub summary_list_items: bool,
     /// A share of API requests, 0.0 to 1.0, answered with a 500.
     pub error_rate: f64,
     /// Used for timed exports created by `POST`.
@@ -312,6 +317,8 @@ impl Default for SimOptions {
             api_key: "dm_sk_live_simulator".into(),
             per_minute_limit: None,
             reported_remaining: None,
+            reported_remaining_day: None,
+            summary_list_items: false,
             error_rate: 0.0,
             pending_for: Duration::from_secs(2),
             processing_for: Duration::from_secs(6),
@@ -344,6 +351,10 @@ impl Seen {
     }
 }
 
+/// Runs before each list request is answered, given how many came before it: a test's way to
+/// change the exports while a caller pages through them.
+pub type ListHook = Arc<dyn Fn(usize) + Send + Sync>;
+
 #[derive(Default)]
 struct Inner {
     /// The key accepted since the last `rotate_key`.
@@ -354,6 +365,8 @@ struct Inner {
     seen: Vec<Seen>,
     window: (i64, u32),
     counter: u64,
+    list_hook: Option<ListHook>,
+    lists_answered: usize,
 }
 
 #[derive(Clone)]
@@ -479,6 +492,19 @@ impl Simulator {
             .unwrap_or_default()
     }
 
+    /// Calls `hook` before each list request is answered (after its key and rate checks).
+    pub fn on_list(&self, hook: impl Fn(usize) + Send + Sync + 'static) {
+        self.shared.inner.lock().unwrap().list_hook = Some(Arc::new(hook));
+    }
+
+    /// Moves an export to `status` for good, as if its lifecycle had taken it there.
+    pub fn set_status(&self, export_id: &str, status: Status) {
+        let mut inner = self.shared.inner.lock().unwrap();
+        let export = inner.exports.get_mut(export_id).expect("a known export");
+        export.spec.lifecycle = Lifecycle::Scripted(VecDeque::from([status]));
+        export.advance(Utc::now());
+    }
+
     /// Queues API answers to give before the real ones.
     pub fn push_faults(&self, faults: &[ApiFault]) {
         self.shared.inner.lock().unwrap().faults.extend(faults.iter().cloned());
@@ -496,6 +522,22 @@ impl Simulator {
 }
 
 impl Shared {
+    fn remaining_day(&self, seen: usize) -> u64 {
+        self.options.reported_remaining_day.map_or(5000u64.saturating_sub(seen as u64), u64::from)
+    }
+
+    /// Runs the list hook, if any, outside the lock, so it may change exports.
+    fn run_list_hook(&self) {
+        let (hook, answered) = {
+            let mut inner = self.inner.lock().unwrap();
+            inner.lists_answered += 1;
+            (inner.list_hook.clone(), inner.lists_answered - 1)
+        };
+        if let Some(hook) = hook {
+            hook(answered);
+        }
+    }
+
     fn record(&self, method: &str, path: String, headers: &HeaderMap, status: StatusCode) {
         self.record_version(method, path, headers, None, status);
     }
@@ -538,7 +580,7 @@ impl Shared {
             ("x-ratelimit-remaining", remaining.to_string()),
             ("x-ratelimit-reset", reset.to_string()),
             ("x-ratelimit-limit-day", "5000".to_string()),
-            ("x-ratelimit-remaining-day", 5000u64.saturating_sub(inner.seen.len() as u64).to_string()),
+            ("x-ratelimit-remaining-day", self.remaining_day(inner.seen.len()).to_string()),
             ("x-ratelimit-reset-day", ((now / 86_400 + 1) * 86_400).to_string()),
         ] {
             rate.insert(name, HeaderValue::from_str(&value).expect("ascii"));
@@ -654,6 +696,7 @@ async fn list_exports(
         return error(StatusCode::BAD_REQUEST, "invalid_parameter", "limit must be between 1 and 100");
     }
     let offset = q.offset.unwrap_or(0);
+    shared.run_list_hook();
     let now = Utc::now();
     let (page, total) = {
         let mut inner = shared.inner.lock().unwrap();
@@ -667,7 +710,11 @@ async fn list_exports(
                 export.advance(now);
             }
             if q.status.as_deref().is_none_or(|s| s == export.current.as_str()) {
-                matching.push(export.to_json(&shared.files_base, &shared.options.api_key, now));
+                let mut item = export.to_json(&shared.files_base, &shared.options.api_key, now);
+                if shared.options.summary_list_items {
+                    item.as_object_mut().expect("an object").remove("download_urls");
+                }
+                matching.push(item);
             }
         }
         let total = matching.len();
