@@ -28,6 +28,10 @@ pub struct FaultyS3 {
     requests: Arc<Mutex<Vec<String>>>,
     /// The JSON body of each SQS `SendMessage`, in order.
     sqs_sends: Arc<Mutex<Vec<serde_json::Value>>>,
+    /// `METHOD path?query` and the `x-amz-checksum-crc64nvme` header of each request that sent one.
+    crc64nvme: Arc<Mutex<Vec<(String, String)>>>,
+    /// The status answered to each manifest write, and the manifest sent.
+    manifest_puts: Arc<Mutex<Vec<(u16, serde_json::Value)>>>,
 }
 
 /// A message the relay sent to SQS, as SQS was asked to take it.
@@ -64,6 +68,8 @@ impl FaultyS3 {
             injected: Arc::default(),
             requests: Arc::default(),
             sqs_sends: Arc::default(),
+            crc64nvme: Arc::default(),
+            manifest_puts: Arc::default(),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -91,6 +97,16 @@ impl FaultyS3 {
         self.count("DELETE", "uploadId=")
     }
 
+    /// The `x-amz-checksum-crc64nvme` headers sent, with `METHOD path?query` of their request.
+    pub fn crc64nvme_sent(&self) -> Vec<(String, String)> {
+        self.crc64nvme.lock().unwrap().clone()
+    }
+
+    /// Each `PutObject` of a `manifest.json`, in order: the status S3 answered and the manifest.
+    pub fn manifest_puts(&self) -> Vec<(u16, serde_json::Value)> {
+        self.manifest_puts.lock().unwrap().clone()
+    }
+
     /// The SQS `SendMessage` calls made, in order.
     pub fn sqs_sent(&self) -> Vec<SentMessage> {
         let sends = self.sqs_sends.lock().unwrap();
@@ -115,6 +131,9 @@ async fn forward(
 ) -> Response {
     let query = uri.query().unwrap_or_default();
     proxy.requests.lock().unwrap().push(format!("{method} {uri}"));
+    if let Some(crc) = headers.get("x-amz-checksum-crc64nvme").and_then(|v| v.to_str().ok()) {
+        proxy.crc64nvme.lock().unwrap().push((format!("{method} {uri}"), crc.to_string()));
+    }
     if headers.get("x-amz-target").is_some_and(|target| target == "AmazonSQS.SendMessage") {
         proxy.sqs_sends.lock().unwrap().push(serde_json::from_slice(&body).unwrap_or_default());
     }
@@ -135,8 +154,17 @@ async fn forward(
             request = request.header(name, value);
         }
     }
+    let manifest = (method == Method::PUT && uri.path().ends_with("/manifest.json")).then(|| {
+        // The JSON, without any aws-chunked framing around it.
+        let (start, end) = (body.iter().position(|b| *b == b'{'), body.iter().rposition(|b| *b == b'}'));
+        let json = start.zip(end).and_then(|(s, e)| serde_json::from_slice(&body[s..=e]).ok());
+        json.unwrap_or_default()
+    });
     let answer = request.send().await.unwrap();
     let status = answer.status();
+    if let Some(manifest) = manifest {
+        proxy.manifest_puts.lock().unwrap().push((status.as_u16(), manifest));
+    }
     let headers = answer.headers().clone();
     let bytes = answer.bytes().await.unwrap();
     let mut response = (status, bytes).into_response();
