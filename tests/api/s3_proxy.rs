@@ -147,6 +147,12 @@ async fn forward(
         let xml = "<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>";
         return (StatusCode::SERVICE_UNAVAILABLE, xml).into_response();
     }
+    let manifest = (method == Method::PUT && uri.path().ends_with("/manifest.json")).then(|| {
+        // The JSON, without any aws-chunked framing around it.
+        let (start, end) = (body.iter().position(|b| *b == b'{'), body.iter().rposition(|b| *b == b'}'));
+        let json = start.zip(end).and_then(|(s, e)| serde_json::from_slice(&body[s..=e]).ok());
+        json.unwrap_or_default()
+    });
     let url = format!("{}{}", proxy.moto, uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"));
     let mut request = proxy.http.request(method, url).body(body);
     for (name, value) in &headers {
@@ -154,12 +160,6 @@ async fn forward(
             request = request.header(name, value);
         }
     }
-    let manifest = (method == Method::PUT && uri.path().ends_with("/manifest.json")).then(|| {
-        // The JSON, without any aws-chunked framing around it.
-        let (start, end) = (body.iter().position(|b| *b == b'{'), body.iter().rposition(|b| *b == b'}'));
-        let json = start.zip(end).and_then(|(s, e)| serde_json::from_slice(&body[s..=e]).ok());
-        json.unwrap_or_default()
-    });
     let answer = request.send().await.unwrap();
     let status = answer.status();
     if let Some(manifest) = manifest {

@@ -117,7 +117,8 @@ async fn a_huge_answer_is_not_read_in_full() {
         verification_error: None,
         error: None,
     };
-    let sent = tokio::time::timeout(guard, notifier.send(&Event::new(EventType::Failed, data)));
+    let event = Event::new(EventType::Failed, data);
+    let sent = tokio::time::timeout(guard, notifier.send(&event));
     match sent.await.expect("stops reading") {
         Err(NotifyError::Rejected { status, body, .. }) => {
             assert_eq!(status, 500);
