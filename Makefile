@@ -8,7 +8,7 @@ BENCH_EXAMPLES := $(foreach e,bench_copy bench_checks bench_gen bench_serve benc
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export CARGO_LAMBDA := $(CURDIR)/$(VENV)/bin/cargo-lambda
 
-.PHONY: help venv test unit lint build deploy demo bench bench-poll clean
+.PHONY: help venv test unit lint build deploy demo bench bench-poll mutants clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-8s %s\n", $$1, $$2}'
@@ -74,6 +74,19 @@ bench-poll: venv $(BENCH_VENV)/.installed ## The polling table alone (about 10 m
 	cargo build --release --locked --example bench_poll_timing
 	$(BENCH_VENV)/bin/python bench/run.py --only poll-timing
 	$(BENCH_VENV)/bin/python bench/report.py
+
+MUTANTS_VERSION := 27.1.0
+# The fault-handling modules docs/RELIABILITY.md promises; `make mutants MUTANTS_FILES=src/http.rs`
+# runs one of them (docs/RELIABILITY.md says which are done).
+MUTANTS_FILES ?= src/deadletter.rs src/http.rs src/requeue.rs src/integrity.rs src/manifest.rs \
+	src/notify.rs src/dealmachine.rs 'src/transfer/*.rs'
+
+.bench-tools/bin/cargo-mutants:
+	cargo install --locked cargo-mutants@$(MUTANTS_VERSION) --root .bench-tools
+
+mutants: venv .bench-tools/bin/cargo-mutants ## Mutation testing of the fault handling against moto (hours; not in CI)
+	CONSUMER_PYTHON=$(CURDIR)/$(VENV)/bin/python3 scripts/with-moto.sh .bench-tools/bin/cargo-mutants mutants --baseline=run --no-shuffle \
+		$(foreach f,$(MUTANTS_FILES),--file $(f)) --output target/mutants-out $(MUTANTS_ARGS)
 
 clean: ## Remove build output and the local virtualenvs
 	cargo clean

@@ -43,7 +43,8 @@ impl UrlPolicy {
     /// Redirects are followed a few hops, and only to hosts the policy allows.
     pub(super) fn redirects(self) -> redirect::Policy {
         redirect::Policy::custom(move |attempt| {
-            if attempt.previous().len() >= MAX_REDIRECTS {
+            // `previous` starts with the first URL, which is not a redirect.
+            if attempt.previous().len() > MAX_REDIRECTS {
                 return attempt.error(format!("more than {MAX_REDIRECTS} redirects"));
             }
             match self.check(attempt.url()) {

@@ -7,6 +7,8 @@ use dealmachine_sim::{CsvGz, DownloadFault, ExportSpec, FileSpec};
 use export_relay::transfer::Deadline;
 use serde_json::json;
 
+use axum::http::{Method, StatusCode};
+
 use crate::helpers::{PART, Setup, sha256, spawn_app, spawn_app_with, sqs_event};
 use crate::s3_proxy::{FaultyS3, relay_through};
 
@@ -88,19 +90,68 @@ async fn the_manifest_holds_no_signed_url() {
 
 #[tokio::test]
 async fn the_crc64nvme_sent_to_s3_is_that_of_the_stored_bytes() {
-    // S3 checks the full-object CRC64NVME it is given against what it stored; moto accepts it
-    // without echoing it back, so the test checks the value itself against the stored bytes.
+    // S3 checks the full-object CRC64NVME it is given against what it stores; moto does not,
+    // so the proxy reads the header the relay sent, on PutObject and CompleteMultipartUpload.
     use base64::Engine;
     let app = spawn_app().await;
     let id = app.completed(vec![big("big.csv.gz", 3), FileSpec::csv("small.csv.gz", 3, 100)]);
-    app.deliver(&[&id]).await;
+    let (proxy, url) = FaultyS3::recording().await;
+    let relay = relay_through(&app, &url).await;
 
-    let manifest = app.manifest(&id).await.unwrap();
-    for file in manifest["files"].as_array().unwrap() {
-        let (bytes, _) = app.object(file["key"].as_str().unwrap()).await.unwrap();
+    let response = relay.handle(sqs_event(&[&id]), Deadline::NONE).await.unwrap();
+    assert_eq!(response["batchItemFailures"], json!([]));
+
+    let sent = proxy.crc64nvme_sent();
+    for (name, how) in [("big.csv.gz", "POST"), ("small.csv.gz", "PUT")] {
+        let key = app.key(&id, name);
+        let (bytes, _) = app.object(&key).await.unwrap();
         let crc = crc_fast::checksum(crc_fast::CrcAlgorithm::Crc64Nvme, &bytes);
         let expected = base64::engine::general_purpose::STANDARD.encode(crc.to_be_bytes());
-        assert_eq!(file["crc64nvme"], expected.as_str());
+        let whole: Vec<&str> = sent
+            .iter()
+            .filter(|(request, _)| request.contains(&format!("/{key}")) && !request.contains("partNumber="))
+            .map(|(request, crc)| {
+                assert!(request.starts_with(how), "{name}: {request}");
+                crc.as_str()
+            })
+            .collect();
+        assert_eq!(whole, vec![expected.as_str()], "{name}: the full-object checksum, sent once");
+        let manifest = app.manifest(&id).await.unwrap();
+        let listed = manifest["files"].as_array().unwrap().iter().find(|f| f["key"] == key.as_str()).unwrap();
+        assert_eq!(listed["crc64nvme"], expected.as_str());
+    }
+}
+
+#[tokio::test]
+async fn a_checksum_s3_rejects_aborts_the_upload_and_commits_nothing() {
+    let app = spawn_app().await;
+    let bad_digest = "<Error><Code>BadDigest</Code><Message>The CRC64NVME you specified did not match the calculated checksum.</Message></Error>";
+    // A small file's PutObject, and a big file's second POST (its CompleteMultipartUpload).
+    for file in [FileSpec::csv("small.csv.gz", 4, 100), big("big.csv.gz", 4)] {
+        let name = file.filename.clone();
+        let id = app.completed(vec![file]);
+        let posts = std::sync::atomic::AtomicUsize::new(0);
+        let target = format!("/{name}");
+        let small = name.starts_with("small");
+        let (proxy, url) = FaultyS3::answering(move |method, path| {
+            let refused = path.ends_with(&target)
+                && match *method {
+                    Method::PUT => small,
+                    Method::POST => posts.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 1,
+                    _ => false,
+                };
+            refused.then_some((StatusCode::BAD_REQUEST, bad_digest))
+        })
+        .await;
+        let relay = relay_through(&app, &url).await;
+
+        let response = relay.handle(sqs_event(&[&id]), Deadline::NONE).await.unwrap();
+
+        assert_eq!(response["batchItemFailures"][0]["itemIdentifier"], "m0", "{name}: retried");
+        assert!(proxy.injected.load(std::sync::atomic::Ordering::SeqCst) >= 1, "{name}: refused");
+        assert_eq!(proxy.uploads_aborted(), proxy.uploads_started(), "{name}: each upload aborted");
+        app.assert_no_files().await;
+        assert!(app.webhooks().is_empty(), "{name}: nothing announced");
     }
 }
 
@@ -208,12 +259,24 @@ async fn the_same_message_twice_at_once_ends_with_one_consistent_export() {
     let id = app.completed(vec![big("big.csv.gz", 11), FileSpec::csv("small.csv.gz", 12, 100)]);
     let expected = app.sim.files(&id);
 
-    // Two invocations at the same time, as a redelivery racing a re-enqueued copy would be.
-    let body = [id.as_str()];
-    let (first, second) = tokio::join!(app.deliver(&body), app.deliver(&body));
-    assert!(first.is_empty() && second.is_empty());
+    // Two invocations at the same time, as a redelivery racing a re-enqueued copy would be;
+    // their manifests differ (`relayed_at`, to the nanosecond), so the bucket shows whose won.
+    let (proxy, url) = FaultyS3::recording().await;
+    let relay = relay_through(&app, &url).await;
+    let (first, second) = tokio::join!(
+        relay.handle(sqs_event(&[&id]), Deadline::NONE),
+        relay.handle(sqs_event(&[&id]), Deadline::NONE)
+    );
+    assert_eq!(first.unwrap()["batchItemFailures"], json!([]));
+    assert_eq!(second.unwrap()["batchItemFailures"], json!([]));
 
     let manifest = app.manifest(&id).await.unwrap();
+    let puts = proxy.manifest_puts();
+    let written: Vec<_> = puts.iter().filter(|(status, _)| *status == 200).collect();
+    assert_eq!(written.len(), 1, "one manifest write succeeds; any other is refused: {puts:?}");
+    assert_eq!(manifest, written[0].1, "the stored manifest is the first committer's");
+    let hooks_files: Vec<_> = app.webhooks().iter().map(|h| h.body["data"]["files"].clone()).collect();
+    assert!(hooks_files.iter().all(|f| *f == hooks_files[0]));
     for (file, (name, measured)) in manifest["files"].as_array().unwrap().iter().zip(&expected) {
         let (bytes, _) = app.object(&app.key(&id, name)).await.unwrap();
         assert_eq!(sha256(&bytes), measured.sha256);
@@ -246,14 +309,16 @@ async fn a_webhook_that_failed_is_sent_on_redelivery_without_copying_again() {
 #[tokio::test]
 async fn an_invocation_near_its_deadline_stops_cleanly_and_leaves_the_record_to_sqs() {
     let app = spawn_app().await;
-    // About 2 s per part at this pace, so the first part alone overruns a 7 s deadline that
-    // keeps 5 s back for cleaning up.
+    // Far more than the deadline per part at this pace, so the relay must stop while a part is
+    // still being read, not between parts.
     let file =
-        FileSpec { fault: Some(DownloadFault::Slow(Duration::from_millis(25))), ..big("slow.csv.gz", 14) };
+        FileSpec { fault: Some(DownloadFault::Slow(Duration::from_millis(250))), ..big("slow.csv.gz", 14) };
     let id = app.completed(vec![file]);
+    let deadline = Instant::now() + Duration::from_secs(7);
 
-    let failures = app.deliver_by(&[&id], Deadline::at(Instant::now() + Duration::from_secs(7))).await;
+    let failures = app.deliver_by(&[&id], Deadline::at(deadline)).await;
 
+    assert!(Instant::now() < deadline, "answered {:?} after the deadline", Instant::now() - deadline);
     assert_eq!(failures, vec!["m0"]);
     app.assert_nothing_stored().await;
     assert!(app.webhooks().is_empty());

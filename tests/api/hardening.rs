@@ -19,19 +19,20 @@ async fn a_body_over_256_kib_is_set_aside_intact_or_left_to_the_redrive_policy()
     let app = spawn_app().await;
     let huge = format!("{{\"export_id\": \"x\", \"metadata\": {{\"pad\": \"{}\"}}}}", "a".repeat(300 * 1024));
 
+    // moto's queues, like SQS's today, take bodies up to 1 MiB: the record is set aside.
     let failures = app.deliver(&[&huge]).await;
 
+    assert!(failures.is_empty(), "set aside, so acknowledged");
     let dead = app.receive(&app.dlq_url, Duration::from_secs(1)).await;
-    match dead.first() {
-        Some(message) => {
-            assert!(failures.is_empty());
-            assert_eq!(message.attributes["error_code"], "message_too_large");
-            assert_eq!(message.raw, huge, "the original body, intact");
-        }
-        // A queue that refuses a body this large (SQS's classic limit) refuses the copy too:
-        // the record then fails, and the queue's own redrive policy moves it.
-        None => assert_eq!(failures, vec!["m0"]),
-    }
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].attributes["error_code"], "message_too_large");
+    assert_eq!(dead[0].raw, huge, "the original body, intact");
+
+    // A dead-letter queue held to the classic 256 KiB refuses the copy: the record then fails,
+    // and the queue's own redrive policy moves it.
+    let max = aws_sdk_sqs::types::QueueAttributeName::MaximumMessageSize;
+    app.set_queue_attribute(&app.dlq_url, max, "262144").await;
+    assert_eq!(app.deliver(&[&huge]).await, vec!["m0"]);
     assert!(app.sim.seen().is_empty(), "the API was not called");
 }
 
@@ -88,10 +89,35 @@ async fn redirects_to_hosts_off_the_allow_list_are_refused() {
 #[tokio::test]
 async fn a_redirect_to_an_allowed_host_is_followed() {
     let app = app_with_named_host().await;
-    let target = app.completed(vec![FileSpec::csv("a.csv.gz", 1, 10)]);
-    let direct = app.invoke(json!({"export_id": target})).await;
-    assert_eq!(direct["outcome"], "completed");
-    assert_eq!(app.sim.seen_matching("/files/").len(), 1);
+    for hops in [1, 5] {
+        let name = format!("hops{hops}.csv.gz");
+        let id = app.completed(vec![
+            FileSpec::csv(&name, hops.into(), 10).with_fault(DownloadFault::RedirectHops(hops)),
+        ]);
+
+        let report = app.invoke(json!({"export_id": id})).await;
+
+        assert_eq!(report["outcome"], "completed", "{hops} hops: {report}");
+        let gets = app.sim.seen_matching(&format!("/files/{id}/"));
+        assert_eq!(gets.len(), hops as usize + 1, "{hops} redirects followed to the file");
+        assert_eq!(gets.last().unwrap().status, 200);
+        let (bytes, _) = app.object(&app.key(&id, &name)).await.unwrap();
+        assert_eq!(crate::helpers::sha256(&bytes), app.sim.files(&id)[0].1.sha256);
+    }
+
+    // A sixth hop is one too many: refused before it is requested.
+    let id =
+        app.completed(vec![FileSpec::csv("six.csv.gz", 6, 10).with_fault(DownloadFault::RedirectHops(6))]);
+    let report = app.invoke(json!({"export_id": id})).await;
+    assert_eq!(report["outcome"], "failed", "{report}");
+    assert_eq!(report["error"]["code"], "download_url_refused");
+    assert!(report["error"]["message"].as_str().unwrap().contains("more than 5 redirects"), "{report}");
+    assert_eq!(
+        app.sim.seen_matching(&format!("/files/{id}/")).len(),
+        6,
+        "the sixth redirect is not followed"
+    );
+    assert!(app.object(&app.key(&id, "six.csv.gz")).await.is_none());
 }
 
 #[tokio::test]
@@ -124,15 +150,30 @@ async fn unusable_file_names_are_refused_and_odd_ones_made_safe() {
 async fn broken_api_answers_get_a_clear_error_and_write_nothing() {
     let app = spawn_app().await;
     let id = app.completed(vec![FileSpec::csv("a.csv.gz", 1, 10)]);
+    // The export as the API really gives it, with a link to a real file: each broken answer
+    // below points at it, so only the parse can stop a copy.
+    let real: serde_json::Value = reqwest::Client::new()
+        .get(format!("{}/exports/{id}", app.sim.api_url()))
+        .bearer_auth(app.sim.api_key())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let link = real["data"]["download_urls"][0].clone();
+    let url = link["url"].as_str().unwrap().to_string();
     let data = |extra: serde_json::Value| {
-        let mut export = json!({"export_id": id, "status": "completed", "name": "x",
-            "download_urls": [{"filename": "a.csv.gz", "url": "http://127.0.0.1:9/a", "size": 1}]});
-        export.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
-        json!({"data": export}).to_string()
+        let mut answer = real.clone();
+        answer["data"].as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        answer.to_string()
     };
-    let thousands: Vec<_> = (0..5000)
-        .map(|i| json!({"filename": format!("f{i}.csv.gz"), "url": "http://127.0.0.1:9/a", "size": 1}))
+    let too_many: Vec<_> = (0..=export_relay::dealmachine::MAX_FILES)
+        .map(|i| json!({"filename": format!("f{i}.csv.gz"), "url": url, "size": link["size"]}))
         .collect();
+    // Valid JSON that parses without the cap: padded past 16 MiB with whitespace.
+    let padded = format!("{}{}", data(json!({})), " ".repeat(16 * 1024 * 1024 + 1024));
+    let json_answer = |body: String| ApiFault::Raw { status: 200, content_type: "application/json", body };
     let cases = [
         (
             "html",
@@ -142,64 +183,28 @@ async fn broken_api_answers_get_a_clear_error_and_write_nothing() {
                 body: "<html><body>Bad gateway</body></html>".into(),
             },
         ),
-        (
-            "truncated",
-            ApiFault::Raw {
-                status: 200,
-                content_type: "application/json",
-                body: data(json!({}))[..60].to_string(),
-            },
-        ),
-        (
-            "50 MB",
-            ApiFault::Raw {
-                status: 200,
-                content_type: "application/json",
-                body: " ".repeat(50 * 1024 * 1024),
-            },
-        ),
-        (
-            "unknown status",
-            ApiFault::Raw {
-                status: 200,
-                content_type: "application/json",
-                body: data(json!({"status": "archived"})),
-            },
-        ),
+        ("truncated", json_answer(data(json!({}))[..60].to_string())),
+        ("over 16 MiB", json_answer(padded)),
+        ("unknown status", json_answer(data(json!({"status": "archived"})))),
         (
             "negative size",
-            ApiFault::Raw {
-                status: 200,
-                content_type: "application/json",
-                body: data(
-                    json!({"download_urls": [{"filename": "a", "url": "http://127.0.0.1:9/a", "size": -5}]}),
-                ),
-            },
+            json_answer(data(json!({"download_urls": [{"filename": "a.csv.gz", "url": url, "size": -5}]}))),
         ),
-        (
-            "missing size",
-            ApiFault::Raw {
-                status: 200,
-                content_type: "application/json",
-                body: data(json!({"download_urls": [{"filename": "a", "url": "http://127.0.0.1:9/a"}]})),
-            },
-        ),
-        (
-            "thousands of files",
-            ApiFault::Raw {
-                status: 200,
-                content_type: "application/json",
-                body: data(json!({"download_urls": thousands})),
-            },
-        ),
+        ("missing size", json_answer(data(json!({"download_urls": [{"filename": "a.csv.gz", "url": url}]})))),
+        ("too many files", json_answer(data(json!({"download_urls": too_many})))),
     ];
     for (name, fault) in cases {
         app.sim.push_faults(&[fault]);
         let failures = app.deliver(&[&id]).await;
         assert_eq!(failures, vec!["m0"], "{name}: retried later, not lost and not acknowledged");
+        assert!(app.sim.seen_matching("/files/").is_empty(), "{name}: no download started");
+        assert!(app.keys().await.is_empty(), "{name}: nothing written to S3");
     }
-    assert!(app.keys().await.is_empty(), "nothing written to S3");
     assert!(app.webhooks().is_empty());
+
+    // The same answer, unbroken, copies: so each case above was stopped by its parse.
+    assert!(app.deliver(&[&id]).await.is_empty());
+    assert_eq!(app.sim.seen_matching("/files/").len(), 1);
 }
 
 #[tokio::test]

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use dealmachine_sim::{DownloadFault, ExportSpec, FileSpec, Status};
+use dealmachine_sim::{ApiFault, DownloadFault, ExportSpec, FileSpec, Status};
 use serde_json::json;
 
 use crate::helpers::spawn_app;
@@ -107,11 +107,48 @@ async fn a_webhook_that_fails_fails_the_record_so_sqs_retries_it() {
     assert_eq!(app.deliver(&[&id]).await, vec!["m0"]);
     assert_eq!(app.webhooks().len(), 1, "500 is not retried inside the invocation");
 
-    app.receiver.answer_next(&[503, 503, 503]);
-    assert_eq!(app.deliver(&[&id]).await, vec!["m0"]);
-    assert_eq!(app.webhooks().len(), 4, "503 gets two quick retries");
+    for (status, total) in [(503, 4), (502, 7), (504, 10)] {
+        app.receiver.answer_next(&[status; 3]);
+        assert_eq!(app.deliver(&[&id]).await, vec!["m0"], "{status}");
+        assert_eq!(app.webhooks().len(), total, "{status} gets two quick retries");
+    }
 
     assert!(app.deliver(&[&id]).await.is_empty(), "succeeds once the receiver is back");
     let ids: Vec<_> = app.receiver.received().iter().map(|r| r.webhook_id.clone()).collect();
     assert!(ids.iter().all(|i| *i == ids[0]), "one webhook-id for every attempt");
+}
+
+#[tokio::test]
+async fn an_unknown_or_forbidden_export_is_announced_failed_then_set_aside() {
+    let app = spawn_app().await;
+    let forbidden = app.completed(vec![FileSpec::csv("a.csv.gz", 1, 10)]);
+    let refusal =
+        json!({"error": {"code": "forbidden", "message": "not your export", "request_id": "req_1"}});
+    app.sim.push_faults(&[ApiFault::Raw {
+        status: 403,
+        content_type: "application/json",
+        body: refusal.to_string(),
+    }]);
+    let unknown = "00000000-0000-0000-0000-000000000000";
+
+    for (id, code) in [(forbidden.as_str(), "export_forbidden"), (unknown, "export_not_found")] {
+        let failures = app.deliver(&[id]).await;
+
+        assert!(failures.is_empty(), "{id}: acknowledged once set aside");
+        let hooks = app.webhooks();
+        let hook = hooks.last().unwrap();
+        assert_eq!(hook.body["type"], "export.failed", "{id}");
+        assert_eq!(hook.body["data"]["export_id"], id);
+        assert_eq!(hook.body["data"]["error"]["code"], code);
+    }
+    let mut dead = app.receive(&app.dlq_url, Duration::from_secs(1)).await;
+    dead.extend(app.receive(&app.dlq_url, Duration::from_secs(1)).await);
+    let mut set_aside: Vec<(&str, &str)> =
+        dead.iter().map(|m| (m.raw.as_str(), m.attributes["error_code"].as_str())).collect();
+    set_aside.sort();
+    let mut expected = vec![(forbidden.as_str(), "export_forbidden"), (unknown, "export_not_found")];
+    expected.sort();
+    assert_eq!(set_aside, expected, "each set aside once, with its reason");
+    assert_eq!(app.webhooks().len(), 2);
+    assert!(app.file_keys().await.is_empty());
 }

@@ -6,23 +6,28 @@ use std::time::{Duration, Instant};
 use dealmachine_sim::{ApiFault, ExportSpec, FileSpec, Status};
 use serde_json::json;
 
-use crate::helpers::spawn_app;
+use export_relay::transfer::Deadline;
+
+use crate::helpers::{Setup, spawn_app, spawn_app_with, sqs_event};
+use crate::s3_proxy::{FaultyS3, relay_through};
 
 #[tokio::test]
 async fn a_processing_export_is_requeued_with_the_delay_attempt_and_body() {
-    let app = spawn_app().await;
+    // Long enough that the checks below run well inside the delay, even on a loaded machine.
+    let setup = Setup { env: vec![("POLL_INITIAL_DELAY_SECONDS", "6".into())], ..Default::default() };
+    let app = spawn_app_with(setup).await;
     let id = app.sim.add_export(ExportSpec::scripted(&[Status::Processing], vec![]));
     let body = json!({"export_id": id, "metadata": {"batch": 7}}).to_string();
 
     assert!(app.deliver(&[&body]).await.is_empty());
 
-    // POLL_INITIAL_DELAY_SECONDS is 2 here: the message is held back, then arrives.
+    // The message is held back, then arrives.
     assert_eq!(app.delayed_count().await, 1, "the poll is delayed");
     assert!(app.receive(&app.queue_url, Duration::ZERO).await.is_empty(), "not visible before its delay");
     let sent = Instant::now();
-    let messages = app.receive(&app.queue_url, Duration::from_secs(5)).await;
+    let messages = app.receive(&app.queue_url, Duration::from_secs(15)).await;
     assert_eq!(messages.len(), 1);
-    assert!(sent.elapsed() < Duration::from_secs(5));
+    assert!(sent.elapsed() < Duration::from_secs(15));
     let next = &messages[0].body;
     assert_eq!(next["export_id"], id.as_str());
     assert_eq!(next["attempt"], 2);
@@ -36,7 +41,7 @@ async fn a_processing_export_is_requeued_with_the_delay_attempt_and_body() {
     assert_eq!(report["outcome"], "requeued");
     assert_eq!(report["next_attempt"], 3);
     let delay = report["delay_seconds"].as_u64().unwrap();
-    assert!((3..=4).contains(&delay), "about twice the initial 2 s, got {delay}");
+    assert!((9..=12).contains(&delay), "about twice the initial 6 s, got {delay}");
 }
 
 #[tokio::test]
@@ -75,10 +80,18 @@ async fn a_long_retry_after_requeues_the_export_for_at_least_that_long() {
     // Longer than the relay will sleep in an invocation (2 s in these tests).
     app.sim.push_faults(&[ApiFault::RateLimited(120)]);
 
-    let failures = app.deliver(&[&id]).await;
+    let (proxy, url) = FaultyS3::recording().await;
+    let relay = relay_through(&app, &url).await;
 
-    assert!(failures.is_empty(), "the export is safely back on the queue");
+    let response = relay.handle(sqs_event(&[&id]), Deadline::NONE).await.unwrap();
+
+    assert_eq!(response["batchItemFailures"], json!([]), "the export is safely back on the queue");
     assert_eq!(app.sim.seen_matching("/v1/exports/").len(), 1, "no hammering");
+    let sent = proxy.sqs_sent();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(sent[0].queue_url, app.queue_url);
+    assert_eq!(sent[0].body["export_id"], id.as_str());
+    assert!(sent[0].delay_seconds >= 120, "held back at least the Retry-After: {sent:?}");
     assert_eq!(app.delayed_count().await, 1);
     assert_eq!(app.file_keys().await, Vec::<String>::new(), "no file");
     assert_eq!(app.keys().await, vec![app.key(&id, ".chain.json")], "the poll chain");

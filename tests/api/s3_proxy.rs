@@ -30,6 +30,10 @@ pub struct FaultyS3 {
     sqs_sends: Arc<Mutex<Vec<serde_json::Value>>>,
     /// Requests that asked S3 to copy from an object (`x-amz-copy-source`).
     copies: Arc<AtomicUsize>,
+    /// `METHOD path?query` and the `x-amz-checksum-crc64nvme` header of each request that sent one.
+    crc64nvme: Arc<Mutex<Vec<(String, String)>>>,
+    /// The status answered to each manifest write, and the manifest sent.
+    manifest_puts: Arc<Mutex<Vec<(u16, serde_json::Value)>>>,
 }
 
 /// A message the relay sent to SQS, as SQS was asked to take it.
@@ -67,6 +71,8 @@ impl FaultyS3 {
             requests: Arc::default(),
             sqs_sends: Arc::default(),
             copies: Arc::default(),
+            crc64nvme: Arc::default(),
+            manifest_puts: Arc::default(),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -92,6 +98,16 @@ impl FaultyS3 {
     /// AbortMultipartUpload calls made.
     pub fn uploads_aborted(&self) -> usize {
         self.count("DELETE", "uploadId=")
+    }
+
+    /// The `x-amz-checksum-crc64nvme` headers sent, with `METHOD path?query` of their request.
+    pub fn crc64nvme_sent(&self) -> Vec<(String, String)> {
+        self.crc64nvme.lock().unwrap().clone()
+    }
+
+    /// Each `PutObject` of a `manifest.json`, in order: the status S3 answered and the manifest.
+    pub fn manifest_puts(&self) -> Vec<(u16, serde_json::Value)> {
+        self.manifest_puts.lock().unwrap().clone()
     }
 
     /// The SQS `SendMessage` calls made, in order.
@@ -137,6 +153,9 @@ async fn forward(
 ) -> Response {
     let query = uri.query().unwrap_or_default();
     proxy.requests.lock().unwrap().push(format!("{method} {uri}"));
+    if let Some(crc) = headers.get("x-amz-checksum-crc64nvme").and_then(|v| v.to_str().ok()) {
+        proxy.crc64nvme.lock().unwrap().push((format!("{method} {uri}"), crc.to_string()));
+    }
     if headers.get("x-amz-target").is_some_and(|target| target == "AmazonSQS.SendMessage") {
         proxy.sqs_sends.lock().unwrap().push(serde_json::from_slice(&body).unwrap_or_default());
     }
@@ -153,6 +172,12 @@ async fn forward(
         let xml = "<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>";
         return (StatusCode::SERVICE_UNAVAILABLE, xml).into_response();
     }
+    let manifest = (method == Method::PUT && uri.path().ends_with("/manifest.json")).then(|| {
+        // The JSON, without any aws-chunked framing around it.
+        let (start, end) = (body.iter().position(|b| *b == b'{'), body.iter().rposition(|b| *b == b'}'));
+        let json = start.zip(end).and_then(|(s, e)| serde_json::from_slice(&body[s..=e]).ok());
+        json.unwrap_or_default()
+    });
     let url = format!("{}{}", proxy.moto, uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"));
     let mut request = proxy.http.request(method, url).body(body);
     for (name, value) in &headers {
@@ -162,6 +187,9 @@ async fn forward(
     }
     let answer = request.send().await.unwrap();
     let status = answer.status();
+    if let Some(manifest) = manifest {
+        proxy.manifest_puts.lock().unwrap().push((status.as_u16(), manifest));
+    }
     let headers = answer.headers().clone();
     let bytes = answer.bytes().await.unwrap();
     let mut response = (status, bytes).into_response();

@@ -789,6 +789,7 @@ async fn download(
     Path((id, index)): Path<(String, usize)>,
     Query(q): Query<Signed>,
     version: Version,
+    uri: axum::http::Uri,
     headers: HeaderMap,
 ) -> Response {
     let path = format!("/files/{id}/{index}");
@@ -800,7 +801,7 @@ async fn download(
     let response = match object {
         _ if !valid => (StatusCode::FORBIDDEN, "<Error><Code>AccessDenied</Code><Message>Request has expired or the signature does not match.</Message></Error>").into_response(),
         None => (StatusCode::NOT_FOUND, "no such file").into_response(),
-        Some(object) => object.respond(&headers),
+        Some(object) => object.respond(&headers, uri.path_and_query().map_or("", |p| p.as_str())),
     };
     shared.record_version("GET", path, &headers, Some(version), response.status());
     response

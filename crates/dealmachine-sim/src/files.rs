@@ -42,6 +42,9 @@ pub enum DownloadFault {
     Status(u16),
     /// Redirect (302) to this URL.
     Redirect(&'static str),
+    /// Redirect (302) this many times, each hop to the same file with `hop=N` added to the
+    /// query, before the file is served: a chain a client follows to the real bytes.
+    RedirectHops(u32),
     /// Announce checksums in `x-goog-hash` that are not the object's.
     WrongHash,
     /// End the body cleanly after this many bytes, announcing no length.
@@ -202,9 +205,22 @@ impl Object {
         format!("\"{}\"", md5.iter().map(|b| format!("{b:02x}")).collect::<String>())
     }
 
-    /// The answer to one GET of this object.
-    pub fn respond(self, headers: &HeaderMap) -> Response {
+    /// The answer to one GET of this object, at `uri` (path and query, for redirect chains).
+    pub fn respond(self, headers: &HeaderMap, uri: &str) -> Response {
         match self.fault {
+            Some(DownloadFault::RedirectHops(hops)) => {
+                let (path, query) = uri.split_once('?').unwrap_or((uri, ""));
+                let hop = query
+                    .split('&')
+                    .find_map(|p| p.strip_prefix("hop="))
+                    .and_then(|n| n.parse::<u32>().ok())
+                    .unwrap_or(0);
+                if hop < hops {
+                    let rest: Vec<&str> = query.split('&').filter(|p| !p.starts_with("hop=")).collect();
+                    let to = format!("{path}?{}&hop={}", rest.join("&"), hop + 1);
+                    return (StatusCode::FOUND, [(header::LOCATION, to)]).into_response();
+                }
+            }
             Some(DownloadFault::Status(code)) => {
                 return StatusCode::from_u16(code)
                     .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)

@@ -28,6 +28,9 @@ pub struct Received {
     pub verified: bool,
     /// The status the receiver answered with; 0 when it never answered.
     pub answered: u16,
+    /// When the request arrived.
+    #[serde(skip)]
+    pub at: std::time::Instant,
 }
 
 #[derive(Default)]
@@ -42,12 +45,15 @@ struct Inner {
 /// How the receiver answers one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Answer {
-    /// This status; a 429 comes with `Retry-After: 1`.
+    /// This status; a 429 comes with `Retry-After: 1`, a 3xx with a `Location` back to this
+    /// receiver, which a client that follows redirects would POST to again.
     Status(u16),
     /// Never answer, as a stalled endpoint.
     Stall,
     /// This status, with a body of this many bytes.
     Huge(u16, usize),
+    /// This status, with a body that never ends.
+    Endless(u16),
 }
 
 #[derive(Clone)]
@@ -114,7 +120,7 @@ async fn receive(State(receiver): State<Receiver>, headers: HeaderMap, body: Byt
     let answered = match answer {
         Answer::Status(status) => status,
         Answer::Stall => 0,
-        Answer::Huge(status, _) => status,
+        Answer::Huge(status, _) | Answer::Endless(status) => status,
     };
     if !receiver.quiet {
         println!(
@@ -135,12 +141,23 @@ async fn receive(State(receiver): State<Receiver>, headers: HeaderMap, body: Byt
         raw: String::from_utf8_lossy(&body).into_owned(),
         verified,
         answered,
+        at: std::time::Instant::now(),
     });
     match answer {
         Answer::Stall => std::future::pending().await,
         Answer::Huge(status, size) => {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
             (status, vec![b'x'; size]).into_response()
+        }
+        Answer::Endless(status) => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+            let chunk = axum::body::Bytes::from(vec![b'x'; 64 * 1024]);
+            let endless = futures::stream::repeat_with(move || Ok::<_, std::io::Error>(chunk.clone()));
+            (status, axum::body::Body::from_stream(endless)).into_response()
+        }
+        Answer::Status(status @ 300..=399) => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::FOUND);
+            (status, [(header::LOCATION, "/webhook")]).into_response()
         }
         Answer::Status(429) => (StatusCode::TOO_MANY_REQUESTS, [(header::RETRY_AFTER, "1")]).into_response(),
         Answer::Status(status) => {
