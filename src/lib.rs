@@ -2,6 +2,7 @@
 //! with a signed webhook. `handler` holds the flow of one export; each other module is one
 //! concern it calls on.
 
+pub mod announce;
 pub mod batch_status;
 pub mod config;
 pub mod deadletter;
@@ -13,8 +14,8 @@ pub mod integrity;
 pub mod manifest;
 pub mod metrics;
 pub mod notify;
-pub mod replay;
 pub mod pages;
+pub mod replay;
 pub mod requeue;
 pub mod retry;
 pub mod secrets;
