@@ -24,6 +24,20 @@ const MIB: usize = 1024 * 1024;
 const MIN_PART_SIZE_MIB: usize = 5;
 
 /// A value that must never reach a log line, an error or a `Debug` dump.
+/// Standard Webhooks recommends 15 to 30 s per attempt: receivers that do work before
+/// answering are not cut off, and a hung one does not hold the record for long.
+pub const DEFAULT_WEBHOOK_TIMEOUT_SECONDS: u64 = 20;
+
+/// A parameter's `Default:` in `template.yaml`, for tests that keep the code and the template
+/// in step.
+#[cfg(test)]
+pub(crate) fn template_default(parameter: &str) -> String {
+    let template = include_str!("../template.yaml");
+    let block = template.split(&format!("\n  {parameter}:\n")).nth(1).expect(parameter);
+    let line = block.lines().find(|l| l.trim_start().starts_with("Default:")).expect("a Default");
+    line.split_once(':').unwrap().1.trim().trim_matches('"').to_string()
+}
+
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
 
@@ -229,7 +243,7 @@ fn webhook(env: &Env<'_>, allow_insecure_http: bool) -> Result<Option<WebhookCon
     Ok(Some(WebhookConfig {
         url,
         keys,
-        timeout: env.seconds("WEBHOOK_TIMEOUT_SECONDS", 10, 1..=300)?,
+        timeout: env.seconds("WEBHOOK_TIMEOUT_SECONDS", DEFAULT_WEBHOOK_TIMEOUT_SECONDS, 1..=300)?,
         retry: RetryPolicy::WEBHOOK,
     }))
 }
@@ -473,5 +487,11 @@ mod tests {
     fn the_api_key_never_shows_in_debug_output() {
         let config = with(&[]).unwrap();
         assert!(!format!("{config:?}").contains("dm_sk_live_test"));
+    }
+
+    #[test]
+    fn the_webhook_timeout_defaults_inside_the_specifications_15_to_30_seconds() {
+        assert!((15..=30).contains(&DEFAULT_WEBHOOK_TIMEOUT_SECONDS));
+        assert_eq!(template_default("WebhookTimeoutSeconds"), DEFAULT_WEBHOOK_TIMEOUT_SECONDS.to_string());
     }
 }

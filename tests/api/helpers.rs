@@ -463,6 +463,24 @@ pub fn assert_valid_event(body: &Value) {
     }
 }
 
+/// Runs one of `tests/consumer/`'s scripts with the virtualenv's Python (`make venv` installs
+/// what they use), `stdin` fed in; whether it succeeded, and what it printed.
+pub fn consumer_script(script: &str, stdin: &str) -> (bool, String) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let root = env!("CARGO_MANIFEST_DIR");
+    let python = std::env::var("CONSUMER_PYTHON").unwrap_or_else(|_| format!("{root}/.venv/bin/python3"));
+    let mut child = Command::new(&python)
+        .arg(format!("{root}/tests/consumer/{script}"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{python} runs ({e}); run `make venv`"));
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    let output = child.wait_with_output().unwrap();
+    (output.status.success(), String::from_utf8_lossy(&output.stdout).trim().to_string())
+}
+
 pub fn sha256(bytes: &[u8]) -> String {
     format!("{:x}", Sha256::digest(bytes))
 }

@@ -2,6 +2,7 @@
 //! webhook receiver. Run with `make test`, which starts moto.
 
 mod batch;
+mod contract;
 mod copy;
 mod credentials;
 mod delivery;

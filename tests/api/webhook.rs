@@ -2,8 +2,6 @@
 //! rotation, secrets from Secrets Manager, presigned links, and a check with a consumer's
 //! own library.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use base64::Engine;
@@ -14,8 +12,8 @@ use export_relay::transfer::Deadline;
 use serde_json::{Value, json};
 
 use crate::helpers::{
-    PUBLISHED, STRICT, Setup, WEBHOOK_SECRET, assert_valid_event, published_schema, schema_errors, sha256,
-    spawn_app, spawn_app_with,
+    PUBLISHED, STRICT, Setup, WEBHOOK_SECRET, assert_valid_event, consumer_script, published_schema,
+    schema_errors, sha256, spawn_app, spawn_app_with,
 };
 
 #[test]
@@ -245,17 +243,7 @@ async fn a_captured_webhook_verifies_with_the_python_standardwebhooks_library() 
     assert!(!check(&tampered).0, "a changed body fails");
 }
 
-/// Runs `tests/consumer/verify_webhook.py` with the virtualenv's Python.
+/// Runs `tests/consumer/verify_webhook.py`.
 fn python_verify(request: &Value) -> (bool, String) {
-    let root = env!("CARGO_MANIFEST_DIR");
-    let python = std::env::var("CONSUMER_PYTHON").unwrap_or_else(|_| format!("{root}/.venv/bin/python3"));
-    let mut child = Command::new(&python)
-        .arg(format!("{root}/tests/consumer/verify_webhook.py"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{python} runs ({e}); `make venv` installs standardwebhooks"));
-    child.stdin.take().unwrap().write_all(request.to_string().as_bytes()).unwrap();
-    let output = child.wait_with_output().unwrap();
-    (output.status.success(), String::from_utf8_lossy(&output.stdout).trim().to_string())
+    consumer_script("verify_webhook.py", &request.to_string())
 }
