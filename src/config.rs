@@ -27,6 +27,20 @@ const MIN_PART_SIZE_MIB: usize = 5;
 const PROCESS_RESERVE_MIB: u64 = 48;
 
 /// A value that must never reach a log line, an error or a `Debug` dump.
+/// Standard Webhooks recommends 15 to 30 s per attempt: receivers that do work before
+/// answering are not cut off, and a hung one does not hold the record for long.
+pub const DEFAULT_WEBHOOK_TIMEOUT_SECONDS: u64 = 20;
+
+/// A parameter's `Default:` in `template.yaml`, for tests that keep the code and the template
+/// in step.
+#[cfg(test)]
+pub(crate) fn template_default(parameter: &str) -> String {
+    let template = include_str!("../template.yaml");
+    let block = template.split(&format!("\n  {parameter}:\n")).nth(1).expect(parameter);
+    let line = block.lines().find(|l| l.trim_start().starts_with("Default:")).expect("a Default");
+    line.split_once(':').unwrap().1.trim().trim_matches('"').to_string()
+}
+
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
 
@@ -90,8 +104,8 @@ pub struct Config {
     /// How many times one file's download may resume after a break, or start again.
     pub download_max_resumes: u32,
     pub part_size: usize,
-    /// Parts uploading at once, across every file this process copies: memory is bounded by
-    /// `part_size * (parts_in_flight + files copying at once)`.
+    /// Parts filling or uploading at once, across every file this process copies: a copy takes
+    /// its slot before it asks for its file, so memory is bounded by `part_size * parts_in_flight`.
     pub parts_in_flight: usize,
     pub api_retry: RetryPolicy,
     /// Certificates trusted for downloads beside the system's roots. No setting fills it: it is
@@ -261,7 +275,7 @@ fn webhook(env: &Env<'_>, allow_insecure_http: bool) -> Result<Option<WebhookCon
     Ok(Some(WebhookConfig {
         url,
         keys,
-        timeout: env.seconds("WEBHOOK_TIMEOUT_SECONDS", 10, 1..=300)?,
+        timeout: env.seconds("WEBHOOK_TIMEOUT_SECONDS", DEFAULT_WEBHOOK_TIMEOUT_SECONDS, 1..=300)?,
         retry: RetryPolicy::WEBHOOK,
     }))
 }
@@ -515,5 +529,11 @@ mod tests {
     fn the_api_key_never_shows_in_debug_output() {
         let config = with(&[]).unwrap();
         assert!(!format!("{config:?}").contains("dm_sk_live_test"));
+    }
+
+    #[test]
+    fn the_webhook_timeout_defaults_inside_the_specifications_15_to_30_seconds() {
+        assert!((15..=30).contains(&DEFAULT_WEBHOOK_TIMEOUT_SECONDS));
+        assert_eq!(template_default("WebhookTimeoutSeconds"), DEFAULT_WEBHOOK_TIMEOUT_SECONDS.to_string());
     }
 }

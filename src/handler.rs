@@ -10,13 +10,14 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use tracing::{Instrument, info, info_span, warn};
 
+use crate::announce::Ending;
 use crate::config::PollPolicy;
 use crate::deadletter::DeadLetters;
 use crate::dealmachine::{ApiError, DealMachineClient, DownloadFile, Export, ExportStatus, Fetched};
 use crate::events::{EventError, ExportId, ExportRequest, Invocation};
 use crate::manifest::{Chain, ChainState, Ledger, LedgerError, Manifest, ManifestFile, Versioned};
 use crate::metrics::Metrics;
-use crate::notify::{Delivery, ErrorInfo, Event, EventData, EventType, FileRef, Notifier, NotifyError};
+use crate::notify::{ErrorInfo, EventType, FileRef, Notifier, NotifyError};
 use crate::replay::ReplayError;
 use crate::requeue::{self, EnqueueError, Fallback, Requeuer};
 use crate::retry::Retries;
@@ -102,6 +103,7 @@ impl RelayError {
         match self {
             Self::Event(_) => true,
             Self::Api(e) => e.is_permanent(),
+            Self::Notify(e) => e.is_permanent(),
             _ => false,
         }
     }
@@ -113,7 +115,7 @@ impl RelayError {
             Self::Event(_) => "malformed_message",
             Self::Api(e) => e.code(),
             Self::Transfer(e) => e.code(),
-            Self::Notify(_) => "webhook_failed",
+            Self::Notify(e) => e.code(),
             Self::Enqueue(_) => "enqueue_failed",
             Self::Ledger(_) => "manifest_store_failed",
             Self::Replay(e) => e.code(),
@@ -144,28 +146,6 @@ pub struct Relay {
     pub(crate) metrics: Metrics,
     /// A sweep stops when fewer API requests than this remain this minute.
     pub(crate) sweep_reserve: u64,
-}
-
-/// How an export ended, as the webhook tells it.
-pub(crate) struct Ending<'a> {
-    kind: EventType,
-    export: Option<&'a Export>,
-    manifest: Option<&'a Manifest>,
-    error: Option<ErrorInfo>,
-}
-
-impl<'a> Ending<'a> {
-    pub(crate) fn completed(export: &'a Export, manifest: &'a Manifest) -> Self {
-        Self { kind: EventType::Completed, export: Some(export), manifest: Some(manifest), error: None }
-    }
-
-    fn without_files(kind: EventType, export: Option<&'a Export>, code: &str, message: String) -> Self {
-        Self { kind, export, manifest: None, error: Some(ErrorInfo { code: code.into(), message }) }
-    }
-
-    fn from_error(kind: EventType, export: Option<&'a Export>, error: &RelayError) -> Self {
-        Self::without_files(kind, export, error.code(), error.to_string())
-    }
 }
 
 /// What a look at the export's state found.
@@ -207,6 +187,12 @@ impl Relay {
         if let Some(ahead) = ahead_of(request, chain.as_ref()) {
             return Ok(self.overtaken(request, ahead));
         }
+        // The ledger before the API: a committed export is completed whatever the API says now
+        // (a 404, links gone), and a redelivery of it costs no API request.
+        if let Some(manifest) = self.ledger.committed(&request.export_id).await? {
+            info!(manifest = %self.ledger.manifest_key(&request.export_id), "already committed; completed without asking the API");
+            return self.announce(request, Ending::completed(&manifest.export, &manifest)).await;
+        }
         let fetched = match self.look_up(request, listed).await? {
             Lookup::Seen(fetched) => *fetched,
             Lookup::Throttled(wait) => return self.poll_later(request, chain.as_ref(), None, wait).await,
@@ -222,6 +208,9 @@ impl Relay {
         };
         if let Some(ahead) = ahead_of(request, chain.as_ref()) {
             return Ok(self.overtaken(request, ahead));
+        }
+        if request.attempt == 1 {
+            self.keep_metadata(request).await?;
         }
         let export = &fetched.export;
         match export.status {
@@ -278,107 +267,36 @@ impl Relay {
         Ok(Lookup::Seen(Box::new(fetched)))
     }
 
-    /// Copies a completed export's files and commits its manifest, unless an earlier run did.
+    /// Copies a completed export's files and commits its manifest. An earlier run's commit was
+    /// found before the API was asked; files it copied are not copied again.
     async fn relay_completed(
         &self,
         request: &ExportRequest,
         export: &Export,
         deadline: Deadline,
     ) -> Result<Report, RelayError> {
-        let manifest = match self.ledger.committed(&request.export_id).await? {
-            Some(manifest) => {
-                info!(manifest = %self.ledger.manifest_key(&request.export_id), "already committed; files are not copied again");
-                manifest
-            }
-            None if export.is_expired(Utc::now()) => {
-                let message = "the export's download links are gone; run the export again".to_string();
+        if export.is_expired(Utc::now()) {
+            let message = "the export's download links are gone; run the export again".to_string();
+            return self
+                .announce(
+                    request,
+                    Ending::without_files(EventType::Expired, Some(export), "export_expired", message),
+                )
+                .await;
+        }
+        let manifest = match self.copy_and_commit(export, deadline).await {
+            Ok(manifest) => manifest,
+            Err(e @ RelayError::Transfer(TransferError::SourceGone(_))) => {
                 return self
-                    .announce(
-                        request,
-                        Ending::without_files(EventType::Expired, Some(export), "export_expired", message),
-                    )
+                    .announce(request, Ending::from_error(EventType::Expired, Some(export), &e))
                     .await;
             }
-            None => match self.copy_and_commit(export, deadline).await {
-                Ok(manifest) => manifest,
-                Err(e @ RelayError::Transfer(TransferError::SourceGone(_))) => {
-                    return self
-                        .announce(request, Ending::from_error(EventType::Expired, Some(export), &e))
-                        .await;
-                }
-                Err(e) if is_bad_export(&e) => {
-                    return self
-                        .announce(request, Ending::from_error(EventType::Failed, Some(export), &e))
-                        .await;
-                }
-                Err(e) => return Err(e),
-            },
+            Err(e) if is_bad_export(&e) => {
+                return self.announce(request, Ending::from_error(EventType::Failed, Some(export), &e)).await;
+            }
+            Err(e) => return Err(e),
         };
         self.announce(request, Ending::completed(export, &manifest)).await
-    }
-
-    /// The webhook's view of the committed files, with presigned links when configured.
-    async fn file_refs(&self, manifest: &Manifest) -> Result<Vec<FileRef>, RelayError> {
-        let mut refs = Vec::with_capacity(manifest.files.len());
-        for file in &manifest.files {
-            let url = match self.presign_ttl {
-                Some(ttl) => Some(self.transfer.presign(&file.key, ttl).await?),
-                None => None,
-            };
-            refs.push(FileRef {
-                filename: file.filename.clone(),
-                bucket: self.transfer.bucket().to_string(),
-                key: file.key.clone(),
-                size: file.size,
-                sha256: file.sha256.clone(),
-                rows: file.rows,
-                url,
-            });
-        }
-        Ok(refs)
-    }
-
-    /// Sends the webhook unless it was delivered before, then records that it was. Only exports
-    /// the API showed us get a marker, so IDs it does not know leave no trace in the bucket.
-    async fn notify_once(
-        &self,
-        notifier: &Notifier,
-        id: &ExportId,
-        event: &Event,
-        mark: bool,
-    ) -> Result<(), RelayError> {
-        if mark && self.ledger.delivered(id, event.kind).await? {
-            info!(event = event.kind.as_str(), "webhook was delivered before; not sent again");
-            return Ok(());
-        }
-        self.send_counted(notifier, event).await?;
-        if mark {
-            self.ledger.mark_delivered(id, event).await?;
-        }
-        Ok(())
-    }
-
-    /// Sends the webhook, counting the tries and logging how it went.
-    pub(crate) async fn send_counted(
-        &self,
-        notifier: &Notifier,
-        event: &Event,
-    ) -> Result<Delivery, RelayError> {
-        let sent = notifier.send(event).await;
-        let tries = match &sent {
-            Ok(Delivery::Delivered { tries }) => *tries,
-            Ok(Delivery::Gone) => 1,
-            Err(e) => e.tries().unwrap_or(1),
-        };
-        self.metrics.webhook(tries, sent.is_err());
-        let delivery = sent?;
-        match delivery {
-            Delivery::Delivered { tries } => {
-                info!(event = event.kind.as_str(), webhook_id = %event.webhook_id(), tries, "webhook delivered")
-            }
-            Delivery::Gone => warn!(event = event.kind.as_str(), "webhook dropped: endpoint gone"),
-        }
-        Ok(delivery)
     }
 
     async fn copy_and_commit(&self, export: &Export, deadline: Deadline) -> Result<Manifest, RelayError> {
@@ -461,7 +379,7 @@ impl Relay {
 
     /// Marks the poll chain ended once the export has an outcome, so a new request for it may
     /// start one again. Best effort: a chain left open only makes later requests wait for it.
-    async fn end_chain(&self, request: &ExportRequest) {
+    pub(crate) async fn end_chain(&self, request: &ExportRequest) {
         let ended = async {
             let Some(chain) = self.ledger.chain(&request.export_id).await? else { return Ok(()) };
             if chain.value.state != ChainState::Ended {
@@ -570,50 +488,6 @@ impl Relay {
         }
         *links = Links { refreshed: true, ..Links::from(&fetched.export) };
         Ok(())
-    }
-
-    /// The webhook event telling how the export ended, with links to its files if it has any.
-    pub(crate) async fn event(
-        &self,
-        request: &ExportRequest,
-        ending: &Ending<'_>,
-    ) -> Result<Event, RelayError> {
-        let files = match ending.manifest {
-            Some(manifest) => Some(self.file_refs(manifest).await?),
-            None => None,
-        };
-        Ok(Event::new(ending.kind, event_data(request, ending, files)))
-    }
-
-    /// Tells downstream how the export ended, and reports it.
-    async fn announce(&self, request: &ExportRequest, ending: Ending<'_>) -> Result<Report, RelayError> {
-        let kind = ending.kind;
-        let event = self.event(request, &ending).await?;
-        match &self.notifier {
-            Some(notifier) => {
-                self.notify_once(notifier, &request.export_id, &event, ending.export.is_some()).await?;
-            }
-            None => info!(event = kind.as_str(), "no WEBHOOK_URL set; nothing to notify"),
-        }
-        let outcome = match kind {
-            EventType::Completed => Outcome::Completed,
-            EventType::Failed => Outcome::Failed,
-            EventType::Expired => Outcome::Expired,
-            EventType::TimedOut => Outcome::TimedOut,
-        };
-        self.end_chain(request).await;
-        self.metrics.outcome(outcome.as_str());
-        if outcome == Outcome::Completed {
-            let age = ending.export.and_then(|e| e.created_at).map(|at| (Utc::now() - at).as_seconds_f64());
-            self.metrics.completed(request.attempt, age);
-        }
-        match &ending.error {
-            Some(e) => {
-                warn!(outcome = ?outcome, code = %e.code, reason = %e.message, "export finished without files")
-            }
-            None => info!(outcome = ?outcome, "export relayed"),
-        }
-        Ok(Report { files: event.data.files, error: ending.error, ..Report::new(request, outcome) })
     }
 
     /// Runs a batch's records at once; the response names only those worth retrying. The due
@@ -806,7 +680,7 @@ impl Relay {
 }
 
 impl Report {
-    fn new(request: &ExportRequest, outcome: Outcome) -> Self {
+    pub(crate) fn new(request: &ExportRequest, outcome: Outcome) -> Self {
         Self {
             export_id: request.export_id.to_string(),
             outcome,
@@ -860,24 +734,6 @@ fn is_bad_export(error: &RelayError) -> bool {
         RelayError::Transfer(e) => e.is_permanent(),
         RelayError::DuplicateKey(_) | RelayError::Unverified(_) => true,
         _ => false,
-    }
-}
-
-fn event_data(request: &ExportRequest, ending: &Ending<'_>, files: Option<Vec<FileRef>>) -> EventData {
-    let export = ending.export;
-    EventData {
-        export_id: request.export_id.to_string(),
-        name: export.and_then(|e| e.name.clone()),
-        status: export.map(|e| to_json(e.status).as_str().unwrap_or_default().to_string()),
-        record_count: export.and_then(|e| e.record_count),
-        file_size: export.and_then(|e| e.file_size),
-        created_at: export.and_then(|e| e.created_at),
-        expires_at: export.and_then(|e| e.expires_at),
-        metadata: request.metadata.clone().unwrap_or_default(),
-        files,
-        verified: ending.manifest.map(|m| m.verified),
-        verification_error: ending.manifest.and_then(|m| m.verification_error.clone()),
-        error: ending.error.clone(),
     }
 }
 

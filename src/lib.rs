@@ -2,6 +2,7 @@
 //! with a signed webhook. `handler` holds the flow of one export; each other module is one
 //! concern it calls on.
 
+pub mod announce;
 pub mod batch_status;
 pub mod config;
 pub mod deadletter;

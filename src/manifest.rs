@@ -13,8 +13,13 @@
 //!   export has an outcome.
 //! - `.sweep-cursor.json` (beside the exports, not in one) is where the last sweep stopped, so
 //!   the next carries on from there.
+//! - `.receipt.json` keeps the `metadata` and `first_seen_at` of the first record that carried
+//!   metadata, so a record without any (the sweep's) never replaces upstream's correlation data.
+//! - `.events/{type}.json` is the outbox: each webhook body, rendered once and stored with
+//!   `If-None-Match: *` before its first send, so every try, redelivery and replay sends the
+//!   same bytes under one `webhook-id`.
 //! - `.delivered/{type}.json` records that a webhook went out, so a redelivery sends only what is
-//!   still owed, and holds the event, so an operator can replay it.
+//!   still owed. Markers from before the outbox also hold the event, for replays.
 
 use std::time::Duration;
 
@@ -28,7 +33,9 @@ use serde::{Deserialize, Serialize};
 use crate::dealmachine::Export;
 use crate::events::ExportId;
 use crate::integrity::SourceChecksums;
-use crate::notify::{Event, EventData, EventType};
+use serde_json::{Map, Value};
+
+use crate::notify::{ErrorInfo, EventType, ExportFields, ObjectRef};
 use crate::pages::Position;
 
 /// Manifests and markers are small; a larger one was not written by the relay.
@@ -109,33 +116,36 @@ fn record_count_mismatch(record_count: Option<u64>, files: &[ManifestFile]) -> O
     }
 }
 
-/// What `.delivered/<type>.json` holds: that the webhook went out, and enough to send the same
-/// event again.
+/// What `.delivered/<type>.json` holds: that the webhook went out. Markers written before the
+/// outbox also hold the event, so a replay can still rebuild it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeliveryRecord {
     pub webhook_id: String,
     #[serde(rename = "type")]
     pub kind: EventType,
     pub delivered_at: DateTime<Utc>,
-    /// The body's `timestamp`, so a replay sends the same body. Older markers have none.
+    /// Before the outbox: the body's `timestamp`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timestamp: Option<String>,
-    /// The body's `data` without `files`: a completed export's files are in its manifest, and
-    /// presigned links must not be stored. Older markers have none.
+    /// Before the outbox: the body's `data`, without files.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub data: Option<EventData>,
+    pub data: Option<LegacyData>,
 }
 
-impl DeliveryRecord {
-    fn of(event: &Event) -> Self {
-        Self {
-            webhook_id: event.webhook_id(),
-            kind: event.kind,
-            delivered_at: Utc::now(),
-            timestamp: Some(event.timestamp.clone()),
-            data: Some(EventData { files: None, ..event.data.clone() }),
-        }
-    }
+/// The `data` a marker from before the outbox holds: the export's fields, and a failure's error.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LegacyData {
+    #[serde(flatten)]
+    pub export: ExportFields,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorInfo>,
+}
+
+/// What `.receipt.json` holds: upstream's correlation data, as its first record carried it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Receipt {
+    pub metadata: Map<String, Value>,
+    pub first_seen_at: DateTime<Utc>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -235,6 +245,24 @@ impl Ledger {
     /// Beside the exports' folders: a name that starts with a dot is no export ID.
     fn sweep_cursor_key(&self) -> String {
         format!("{}.sweep-cursor.json", self.prefix)
+    }
+
+    fn event_key(&self, id: &ExportId, event: EventType) -> String {
+        format!("{}{id}/.events/{}.json", self.prefix, event.as_str())
+    }
+
+    fn receipt_key(&self, id: &ExportId) -> String {
+        format!("{}{id}/.receipt.json", self.prefix)
+    }
+
+    /// Where the manifest is, for consumers: the webhook points at it.
+    pub fn manifest_ref(&self, id: &ExportId) -> ObjectRef {
+        ObjectRef { bucket: self.bucket.clone(), key: self.manifest_key(id), region: self.region() }
+    }
+
+    /// The bucket's region, as the S3 client was configured with it.
+    pub fn region(&self) -> Option<String> {
+        self.s3.config().region().map(ToString::to_string)
     }
 
     fn chain_key(&self, id: &ExportId) -> String {
@@ -350,14 +378,22 @@ impl Ledger {
 
     /// Reads a ledger object, with its ETag; `None` if there is none.
     async fn read_json<T: DeserializeOwned>(&self, key: &str) -> Result<Option<Versioned<T>>, LedgerError> {
+        let Some(raw) = self.read_bytes(key).await? else { return Ok(None) };
+        let value = serde_json::from_slice(&raw.value)
+            .map_err(|e| LedgerError::Unreadable { key: key.to_string(), message: e.to_string() })?;
+        Ok(Some(Versioned { value, etag: raw.etag }))
+    }
+
+    /// Reads a ledger object's bytes as they are, with its ETag; `None` if there is none.
+    async fn read_bytes(&self, key: &str) -> Result<Option<Versioned<Vec<u8>>>, LedgerError> {
         let output = match self.s3.get_object().bucket(&self.bucket).key(key).send().await {
             Ok(output) => output,
             Err(e) if e.as_service_error().is_some_and(|e| e.is_no_such_key()) => return Ok(None),
             Err(e) => return Err(s3_error("GetObject", key, e)),
         };
-        let unreadable = |message: String| LedgerError::Unreadable { key: key.to_string(), message };
         if output.content_length().unwrap_or_default() as usize > MAX_MANIFEST_BYTES {
-            return Err(unreadable("larger than 8 MiB".into()));
+            let message = "larger than 8 MiB".into();
+            return Err(LedgerError::Unreadable { key: key.to_string(), message });
         }
         let etag = output.e_tag.clone().unwrap_or_default();
         let bytes = output
@@ -370,8 +406,7 @@ impl Ledger {
                 message: e.to_string(),
             })?
             .into_bytes();
-        let value = serde_json::from_slice(&bytes).map_err(|e| unreadable(e.to_string()))?;
-        Ok(Some(Versioned { value, etag }))
+        Ok(Some(Versioned { value: bytes.to_vec(), etag }))
     }
 
     /// Writes the manifest unless one exists. If another run committed first, its manifest
@@ -443,10 +478,63 @@ impl Ledger {
         self.exists(&self.marker_key(id, event)).await.map(|modified| modified.is_some())
     }
 
-    /// Records that `event` was delivered, with what it takes to replay it.
-    pub async fn mark_delivered(&self, id: &ExportId, event: &Event) -> Result<(), LedgerError> {
-        let body = serde_json::to_value(DeliveryRecord::of(event)).expect("markers always serialize");
-        self.put_json(&self.marker_key(id, event.kind), body).await
+    /// Records that the event was delivered.
+    pub async fn mark_delivered(&self, id: &ExportId, event: EventType) -> Result<(), LedgerError> {
+        let record = DeliveryRecord {
+            webhook_id: event.webhook_id(id.as_str()),
+            kind: event,
+            delivered_at: Utc::now(),
+            timestamp: None,
+            data: None,
+        };
+        let body = serde_json::to_value(record).expect("markers always serialize");
+        self.put_json(&self.marker_key(id, event), body).await
+    }
+
+    /// The event's body as it was first rendered, if it was.
+    pub async fn stored_event(
+        &self,
+        id: &ExportId,
+        event: EventType,
+    ) -> Result<Option<Vec<u8>>, LedgerError> {
+        Ok(self.read_bytes(&self.event_key(id, event)).await?.map(|b| b.value))
+    }
+
+    /// Stores a rendered body unless one is stored, and returns the one that is: of two runs
+    /// rendering at once, both send the first one's bytes.
+    pub async fn store_event(
+        &self,
+        id: &ExportId,
+        event: EventType,
+        body: Vec<u8>,
+    ) -> Result<Vec<u8>, LedgerError> {
+        let key = self.event_key(id, event);
+        if self.put_if(&key, body.clone(), Condition::Absent).await?.is_some() {
+            return Ok(body);
+        }
+        self.stored_event(id, event).await?.ok_or(LedgerError::Unreadable {
+            key,
+            message: "the conditional write failed, yet no event is there".into(),
+        })
+    }
+
+    /// Keeps upstream's metadata from the first record that carried any; later ones, and
+    /// records without metadata, change nothing.
+    pub async fn keep_receipt(&self, id: &ExportId, receipt: &Receipt) -> Result<(), LedgerError> {
+        let body = serde_json::to_vec(receipt).expect("receipts always serialize");
+        self.put_if(&self.receipt_key(id), body, Condition::Absent).await.map(|_| ())
+    }
+
+    /// Upstream's metadata as first received, if a record carried any.
+    pub async fn receipt(&self, id: &ExportId) -> Result<Option<Receipt>, LedgerError> {
+        Ok(self.read_json(&self.receipt_key(id)).await?.map(|r| r.value))
+    }
+
+    /// The version S3 gave the object, when the bucket is versioned.
+    pub async fn version_of(&self, key: &str) -> Result<Option<String>, LedgerError> {
+        let head = self.s3.head_object().bucket(&self.bucket).key(key).send().await;
+        let head = head.map_err(|e| s3_error("HeadObject", key, e))?;
+        Ok(head.version_id.filter(|v| !v.is_empty() && v != "null"))
     }
 
     /// The record of this event's delivery, if it was delivered.

@@ -75,6 +75,14 @@ impl SigningKeys {
     }
 }
 
+/// The version of the body's shape, in the schema's `$id` and every body's `schema_version`.
+/// Fields may be added within a type without a new version's meaning changing for a consumer
+/// that ignores what it does not know; a breaking change is a new event type (README).
+pub const SCHEMA_VERSION: &str = "1.0";
+/// Above this, a completed event's presigned links are dropped and `links_omitted` is set: the
+/// files are then found through `data.manifest`. Keeps bodies under receivers' usual limits.
+pub const MAX_BODY_WITH_LINKS: usize = 256 * 1024;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EventType {
     #[serde(rename = "export.completed")]
@@ -98,19 +106,28 @@ impl EventType {
             Self::TimedOut => "export.timed_out",
         }
     }
+
+    /// Stable across retries, redeliveries and replays, so consumers can drop duplicates.
+    pub fn webhook_id(self, export_id: &str) -> String {
+        format!("{}_{export_id}", self.as_str().replace('.', "_"))
+    }
 }
 
-/// A webhook body: `{"type", "timestamp", "data"}`.
+/// A webhook body: `{"type", "timestamp", "schema_version", "data"}`. Rendered once per export
+/// and type, stored in the ledger's outbox, and sent as those bytes on every try.
 #[derive(Debug, Clone, Serialize)]
 pub struct Event {
     #[serde(rename = "type")]
     pub kind: EventType,
+    /// When the outcome happened: for `export.completed`, when the manifest was committed.
     pub timestamp: String,
+    pub schema_version: &'static str,
     pub data: EventData,
 }
 
+/// What every event tells about the export, as the API showed it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EventData {
+pub struct ExportFields {
     pub export_id: String,
     pub name: Option<String>,
     pub status: Option<String>,
@@ -118,16 +135,43 @@ pub struct EventData {
     pub file_size: Option<u64>,
     pub created_at: Option<DateTime<Utc>>,
     pub expires_at: Option<DateTime<Utc>>,
+    /// Upstream's correlation data, as the first record that carried it had it.
     pub metadata: Map<String, Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub files: Option<Vec<FileRef>>,
-    /// On `export.completed`: false when a check (the record count) did not match.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub verified: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EventData {
+    #[serde(flatten)]
+    pub export: ExportFields,
+    #[serde(flatten)]
+    pub outcome: OutcomeData,
+}
+
+/// What only one kind of event carries: files for `export.completed`, an error for the rest.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum OutcomeData {
+    Completed(CompletedData),
+    Failure { error: ErrorInfo },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CompletedData {
+    pub manifest: ObjectRef,
+    pub files: Vec<FileRef>,
+    /// True when the presigned links were left out to keep the body small.
+    pub links_omitted: bool,
+    /// False when a check (the record count) did not match.
+    pub verified: bool,
     pub verification_error: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<ErrorInfo>,
+}
+
+/// Where an object is in S3.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectRef {
+    pub bucket: String,
+    pub key: String,
+    pub region: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -135,13 +179,15 @@ pub struct FileRef {
     pub filename: String,
     pub bucket: String,
     pub key: String,
+    pub region: Option<String>,
+    /// The S3 version the relay wrote, when the bucket is versioned.
+    pub version_id: Option<String>,
     pub size: u64,
     pub sha256: String,
-    /// CSV data rows, for `.csv` and `.csv.gz` files.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// CSV data rows, for `.csv` and `.csv.gz` files; null for others, as in the manifest.
     pub rows: Option<u64>,
-    /// A presigned GET URL, when `PRESIGN_TTL_SECONDS` is set.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// A presigned GET URL, when `PRESIGN_TTL_SECONDS` is set. Its lifetime starts when the
+    /// event is rendered, not when it is sent.
     pub url: Option<String>,
 }
 
@@ -152,14 +198,44 @@ pub struct ErrorInfo {
 }
 
 impl Event {
-    pub fn new(kind: EventType, data: EventData) -> Self {
-        Self { kind, timestamp: Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true), data }
+    pub fn new(kind: EventType, at: DateTime<Utc>, data: EventData) -> Self {
+        Self {
+            kind,
+            timestamp: at.to_rfc3339_opts(SecondsFormat::Millis, true),
+            schema_version: SCHEMA_VERSION,
+            data,
+        }
     }
 
-    /// Stable across retries and redeliveries, so consumers can drop duplicates.
     pub fn webhook_id(&self) -> String {
-        format!("{}_{}", self.kind.as_str().replace('.', "_"), self.data.export_id)
+        self.kind.webhook_id(&self.data.export.export_id)
     }
+
+    /// The exact bytes to store and send. A body over `MAX_BODY_WITH_LINKS` loses its presigned
+    /// links, which a consumer can do without by reading `data.manifest`.
+    pub fn render(mut self) -> Vec<u8> {
+        let body = serde_json::to_vec(&self).expect("events always serialize");
+        let OutcomeData::Completed(completed) = &mut self.data.outcome else { return body };
+        if body.len() <= MAX_BODY_WITH_LINKS || completed.files.iter().all(|f| f.url.is_none()) {
+            return body;
+        }
+        completed.files.iter_mut().for_each(|f| f.url = None);
+        completed.links_omitted = true;
+        serde_json::to_vec(&self).expect("events always serialize")
+    }
+}
+
+/// The files a stored body names, for the invocation's report.
+pub fn files_of(body: &[u8]) -> Option<Vec<FileRef>> {
+    #[derive(Deserialize)]
+    struct Body {
+        data: Files,
+    }
+    #[derive(Deserialize)]
+    struct Files {
+        files: Option<Vec<FileRef>>,
+    }
+    serde_json::from_slice::<Body>(body).ok().and_then(|b| b.data.files)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -168,6 +244,10 @@ pub enum NotifyError {
     Transport(#[source] reqwest::Error),
     #[error("webhook endpoint answered {status} after {tries} tries: {body}")]
     Rejected { status: StatusCode, tries: usize, body: String },
+    #[error(
+        "webhook endpoint answered 410 Gone: it is retired, so nothing more is sent to it; set a new WEBHOOK_URL, then redrive the dead-letter queue"
+    )]
+    Gone { tries: usize },
 }
 
 impl NotifyError {
@@ -175,19 +255,21 @@ impl NotifyError {
     pub fn tries(&self) -> Option<usize> {
         match self {
             Self::Transport(_) => None,
-            Self::Rejected { tries, .. } => Some(*tries),
+            Self::Rejected { tries, .. } | Self::Gone { tries } => Some(*tries),
         }
     }
-}
 
-/// What happened to a webhook that did not fail.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Delivery {
-    Delivered {
-        tries: usize,
-    },
-    /// The receiver answered 410 Gone: it is retired, so the event is dropped, not retried.
-    Gone,
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Gone { .. } => "webhook_gone",
+            _ => "webhook_failed",
+        }
+    }
+
+    /// A retired endpoint stays retired: retrying the record only delays the dead-letter queue.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, Self::Gone { .. })
+    }
 }
 
 pub struct Notifier {
@@ -207,32 +289,30 @@ impl Notifier {
         Ok(Self { http, url: config.url.clone(), keys: config.keys.clone(), retry: config.retry })
     }
 
-    /// Posts the event, with a few quick retries on answers that may pass. Anything but 2xx
-    /// (or 410) is an error, and the caller lets SQS deliver the record again.
-    pub async fn send(&self, event: &Event) -> Result<Delivery, NotifyError> {
-        let body = serde_json::to_vec(event).expect("events always serialize");
-        let id = event.webhook_id();
+    /// Posts `body` as webhook `id`, with a few quick retries on answers that may pass, and
+    /// returns the tries it took. Anything but 2xx is an error: the caller lets SQS deliver the
+    /// record again, or, for 410, sets it aside.
+    pub async fn send(&self, id: &str, body: &[u8]) -> Result<usize, NotifyError> {
         let sent = http::send_with_retry(&self.retry, is_transient, || {
-            // A fresh timestamp each try, as receivers reject old ones.
+            // Only the timestamp and so the signature change per try; the body never does.
             let timestamp = Utc::now().timestamp();
             self.http
                 .post(self.url.clone())
                 .header(header::CONTENT_TYPE, "application/json")
                 .header(header::USER_AGENT, crate::USER_AGENT)
-                .header("webhook-id", &id)
+                .header("webhook-id", id)
                 .header("webhook-timestamp", timestamp.to_string())
-                .header("webhook-signature", self.keys.sign(&id, timestamp, &body))
-                .body(body.clone())
+                .header("webhook-signature", self.keys.sign(id, timestamp, body))
+                .body(body.to_vec())
         })
         .await
         .map_err(|e| NotifyError::Transport(e.without_url()))?;
         let status = sent.response.status();
         if status.is_success() {
-            return Ok(Delivery::Delivered { tries: sent.tries });
+            return Ok(sent.tries);
         }
         if status == StatusCode::GONE {
-            tracing::error!(webhook_id = %id, "webhook endpoint answered 410 Gone: it is retired, so this event is dropped; set a new WEBHOOK_URL");
-            return Ok(Delivery::Gone);
+            return Err(NotifyError::Gone { tries: sent.tries });
         }
         let body = http::body_excerpt(sent.response, MAX_ERROR_BODY).await;
         Err(NotifyError::Rejected { status, tries: sent.tries, body })
@@ -284,10 +364,9 @@ mod tests {
         assert!(format!("{:?}", SigningKeys::parse(SPEC_SECRET).unwrap()).contains("redacted"));
     }
 
-    #[test]
-    fn webhook_ids_are_stable_per_export_and_type() {
-        let data = EventData {
-            export_id: "e1".into(),
+    fn export(id: &str) -> ExportFields {
+        ExportFields {
+            export_id: id.into(),
             name: None,
             status: None,
             record_count: None,
@@ -295,18 +374,59 @@ mod tests {
             created_at: None,
             expires_at: None,
             metadata: Map::new(),
-            files: None,
-            verified: None,
-            verification_error: None,
-            error: None,
+        }
+    }
+
+    fn file(url: Option<String>) -> FileRef {
+        FileRef {
+            filename: "a.csv".into(),
+            bucket: "b".into(),
+            key: "k/a.csv".into(),
+            region: None,
+            version_id: None,
+            size: 1,
+            sha256: "00".into(),
+            rows: None,
+            url,
+        }
+    }
+
+    #[test]
+    fn webhook_ids_are_stable_per_export_and_type() {
+        assert_eq!(EventType::Completed.webhook_id("e1"), "export_completed_e1");
+        assert_ne!(EventType::Completed.webhook_id("e1"), EventType::Failed.webhook_id("e1"));
+        let error = ErrorInfo { code: "x".into(), message: "y".into() };
+        let data = EventData { export: export("e1"), outcome: OutcomeData::Failure { error } };
+        let body: Value =
+            serde_json::from_slice(&Event::new(EventType::Failed, Utc::now(), data).render()).unwrap();
+        assert_eq!(body["type"], "export.failed");
+        assert_eq!(body["schema_version"], SCHEMA_VERSION);
+        assert!(body["data"].get("files").is_none());
+        assert_eq!(body["data"]["error"]["code"], "x");
+    }
+
+    #[test]
+    fn a_body_too_big_for_its_links_loses_them_and_says_so() {
+        let completed = |files: Vec<FileRef>| {
+            let outcome = OutcomeData::Completed(CompletedData {
+                manifest: ObjectRef { bucket: "b".into(), key: "k/manifest.json".into(), region: None },
+                files,
+                links_omitted: false,
+                verified: true,
+                verification_error: None,
+            });
+            Event::new(EventType::Completed, Utc::now(), EventData { export: export("e1"), outcome }).render()
         };
-        let a = Event::new(EventType::Completed, data.clone());
-        let b = Event::new(EventType::Completed, data.clone());
-        let c = Event::new(EventType::Failed, data);
-        assert_eq!(a.webhook_id(), b.webhook_id());
-        assert_ne!(a.webhook_id(), c.webhook_id());
-        let json = serde_json::to_value(&a).unwrap();
-        assert_eq!(json["type"], "export.completed");
-        assert!(json["data"].get("error").is_none());
+        let link = Some(format!("https://b.s3.amazonaws.com/k/a.csv?{}", "X".repeat(2000)));
+        let small: Value = serde_json::from_slice(&completed(vec![file(link.clone())])).unwrap();
+        assert_eq!(
+            (small["data"]["links_omitted"].as_bool(), small["data"]["files"][0]["url"].is_string()),
+            (Some(false), true)
+        );
+        let many = completed(vec![file(link); 200]);
+        assert!(many.len() < MAX_BODY_WITH_LINKS, "{} bytes", many.len());
+        let many: Value = serde_json::from_slice(&many).unwrap();
+        assert_eq!(many["data"]["links_omitted"], true);
+        assert!(many["data"]["files"].as_array().unwrap().iter().all(|f| f["url"].is_null()));
     }
 }

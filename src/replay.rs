@@ -1,17 +1,20 @@
 //! Replays: an export's webhook sent again, for a consumer that lost it on its own side.
 //!
-//! The event is rebuilt from the ledger, never from the API: a completed export's body from its
-//! manifest, any other from its delivery marker. It keeps its type, its `webhook-id` and its
-//! timestamp, so a consumer that did get it drops it as a duplicate. Nothing is copied, and no
-//! marker changes.
+//! The event is sent as the bytes stored in the ledger's outbox when it was first rendered: the
+//! same type, `webhook-id` and body, so a consumer that did get it drops it as a duplicate. An
+//! event delivered before the outbox existed is rebuilt once from its marker (and a completed
+//! one's manifest) and stored there. Nothing is copied, and the API is not asked.
 
 use serde::Serialize;
 use tracing::{info, warn};
 
-use crate::events::{ExportId, ExportRequest, ReplayRequest};
-use crate::handler::{Ending, Relay, RelayError};
+use chrono::{DateTime, Utc};
+
+use crate::announce::Ending;
+use crate::events::{ExportId, ReplayRequest};
+use crate::handler::{Relay, RelayError};
 use crate::manifest::DeliveryRecord;
-use crate::notify::{Delivery, ErrorInfo, Event, EventType};
+use crate::notify::{ErrorInfo, Event, EventData, EventType, NotifyError, OutcomeData};
 
 /// Why there is nothing to replay. Each says what to do instead.
 #[derive(Debug, thiserror::Error)]
@@ -75,15 +78,11 @@ impl Relay {
             error: None,
         };
         match self.send_again(&request).await {
-            Ok(event) => {
+            Ok(kind) => {
                 self.metrics.replayed();
-                info!(event = event.kind.as_str(), webhook_id = %event.webhook_id(), "webhook replayed");
-                Ok(ReplayReport {
-                    replayed: true,
-                    kind: Some(event.kind),
-                    webhook_id: Some(event.webhook_id()),
-                    ..report
-                })
+                let webhook_id = kind.webhook_id(request.export_id.as_str());
+                info!(event = kind.as_str(), %webhook_id, "webhook replayed");
+                Ok(ReplayReport { replayed: true, kind: Some(kind), webhook_id: Some(webhook_id), ..report })
             }
             Err(e @ RelayError::Replay(_)) => {
                 warn!(code = e.code(), error = %e, "nothing replayed");
@@ -93,13 +92,18 @@ impl Relay {
         }
     }
 
-    async fn send_again(&self, request: &ReplayRequest) -> Result<Event, RelayError> {
+    async fn send_again(&self, request: &ReplayRequest) -> Result<EventType, RelayError> {
         let notifier = self.notifier.as_ref().ok_or(ReplayError::NoWebhook)?;
+        let id = &request.export_id;
         let delivered = self.last_delivery(request).await?;
-        let event = self.rebuild(&request.export_id, delivered).await?;
-        match self.send_counted(notifier, &event).await? {
-            Delivery::Delivered { .. } => Ok(event),
-            Delivery::Gone => Err(ReplayError::EndpointGone.into()),
+        let kind = delivered.kind;
+        let body = match self.ledger.stored_event(id, kind).await? {
+            Some(body) => body,
+            None => self.store_legacy(id, delivered).await?,
+        };
+        match self.send_counted(notifier, id, kind, &body).await {
+            Err(RelayError::Notify(NotifyError::Gone { .. })) => Err(ReplayError::EndpointGone.into()),
+            sent => sent.map(|()| kind),
         }
     }
 
@@ -121,23 +125,30 @@ impl Relay {
         })
     }
 
-    /// The event as it was delivered: a completed export's from its manifest (with fresh
-    /// presigned links), any other's from the marker.
-    async fn rebuild(&self, id: &ExportId, delivered: DeliveryRecord) -> Result<Event, RelayError> {
-        let data = delivered.data.ok_or(ReplayError::OldMarker(id.clone(), delivered.kind.as_str()))?;
-        let mut event = match delivered.kind {
-            EventType::Completed => {
+    /// An event delivered before the outbox existed, rebuilt from its marker as it was delivered
+    /// (a completed one's files from the manifest, with fresh links) and stored in the outbox, so
+    /// every later replay sends these bytes.
+    async fn store_legacy(&self, id: &ExportId, delivered: DeliveryRecord) -> Result<Vec<u8>, RelayError> {
+        let kind = delivered.kind;
+        let data = delivered.data.ok_or(ReplayError::OldMarker(id.clone(), kind.as_str()))?;
+        let at = delivered
+            .timestamp
+            .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
+            .map_or(delivered.delivered_at, |t| t.with_timezone(&Utc));
+        let event = match (kind, data.error) {
+            (EventType::Completed, _) => {
                 let manifest =
                     self.ledger.committed(id).await?.ok_or(ReplayError::ManifestMissing(id.clone()))?;
-                let request =
-                    ExportRequest { metadata: Some(data.metadata), ..ExportRequest::new(id.clone()) };
-                self.event(&request, &Ending::completed(&manifest.export, &manifest)).await?
+                let ending = Ending::completed(&manifest.export, &manifest);
+                self.event(id, &ending, data.export.metadata, at).await?
             }
-            kind => Event::new(kind, data),
+            (kind, Some(error)) => Event::new(
+                kind,
+                at,
+                EventData { export: data.export, outcome: OutcomeData::Failure { error } },
+            ),
+            (kind, None) => return Err(ReplayError::OldMarker(id.clone(), kind.as_str()).into()),
         };
-        if let Some(timestamp) = delivered.timestamp {
-            event.timestamp = timestamp;
-        }
-        Ok(event)
+        Ok(self.ledger.store_event(id, kind, event.render()).await?)
     }
 }

@@ -239,11 +239,7 @@ mod tests {
     #[test]
     fn the_template_defaults_follow_the_schedule() {
         let template = include_str!("../template.yaml");
-        let default_of = |parameter: &str| {
-            let block = template.split(&format!("\n  {parameter}:\n")).nth(1).expect(parameter);
-            let line = block.lines().find(|l| l.trim_start().starts_with("Default:")).expect("a Default");
-            line.split_once(':').unwrap().1.trim().trim_matches('"').to_string()
-        };
+        let default_of = crate::config::template_default;
         assert_eq!(default_of("RetryScheduleSeconds"), DEFAULT_SCHEDULE);
         let steps = RetrySchedule::default().steps().to_vec();
         assert_eq!(default_of("MaxReceiveCount"), (steps.len() + 1).to_string());

@@ -44,6 +44,11 @@ pub async fn aws_config() -> SdkConfig {
 }
 
 pub fn build_relay(config: &Config, aws: &SdkConfig) -> Result<Relay, StartupError> {
+    build_relay_with(config, aws, Metrics::stdout(&config.metrics_namespace))
+}
+
+/// `build_relay` with its metrics written where the caller says: tests read them back.
+pub fn build_relay_with(config: &Config, aws: &SdkConfig, metrics: Metrics) -> Result<Relay, StartupError> {
     let s3_config =
         aws_sdk_s3::config::Builder::from(aws).force_path_style(config.s3_force_path_style).build();
     let s3 = aws_sdk_s3::Client::from_conf(s3_config);
@@ -56,7 +61,6 @@ pub fn build_relay(config: &Config, aws: &SdkConfig) -> Result<Relay, StartupErr
         .build()?;
     let policy =
         UrlPolicy { hosts: config.download_hosts.clone(), allow_insecure_http: config.allow_insecure_http };
-    let metrics = Metrics::stdout(&config.metrics_namespace);
     let mut api =
         DealMachineClient::new(api_http, config.api_url.clone(), config.api_key.clone(), config.api_retry);
     if let Some(arn) = &config.api_key_secret_arn {

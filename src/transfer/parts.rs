@@ -37,9 +37,11 @@ impl PartBuffers {
     /// Keeps an uploaded part's buffer, if nothing else holds it any more and it is of the
     /// pool's size (a part that had to grow is let go).
     pub(super) fn give_back(&self, part: Bytes) {
-        if let Ok(mut buffer) = part.try_into_mut().map_err(drop).and_then(|b| {
-            if b.capacity() < 2 * self.part_size { Ok(b) } else { Err(()) }
-        }) {
+        if let Ok(mut buffer) = part
+            .try_into_mut()
+            .map_err(drop)
+            .and_then(|b| if b.capacity() < 2 * self.part_size { Ok(b) } else { Err(()) })
+        {
             buffer.clear();
             let mut free = self.free.lock().expect("never poisoned");
             if free.len() < self.keep {

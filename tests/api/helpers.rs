@@ -3,6 +3,7 @@
 #![allow(dead_code)] // Shared by several test binaries, each using part of it.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aws_sdk_s3::primitives::ByteStream;
@@ -10,6 +11,7 @@ use aws_sdk_sqs::types::{MessageAttributeValue, MessageSystemAttributeName, Queu
 use dealmachine_sim::{ExportSpec, FileSpec, Receiver, SimOptions, Simulator};
 use export_relay::config::{Config, RetryPolicy};
 use export_relay::handler::Relay;
+use export_relay::metrics::Metrics;
 use export_relay::startup;
 use export_relay::transfer::Deadline;
 use serde_json::{Value, json};
@@ -30,6 +32,8 @@ pub struct TestApp {
     pub dlq_url: String,
     /// The relay's settings as environment variables, for running the real binary.
     pub env: Vec<(&'static str, String)>,
+    /// The relay's metric lines (EMF), as CloudWatch would get them.
+    pub metrics: Arc<Mutex<Vec<u8>>>,
 }
 
 /// Settings a test may change before the relay is built.
@@ -88,8 +92,11 @@ pub async fn spawn_app_with(setup: Setup) -> TestApp {
             max_delay: Duration::from_secs(1),
         };
     }
-    let relay = startup::build_relay(&config, &aws).unwrap();
-    TestApp { relay, config, sim, receiver, s3, sqs, bucket: name, queue_url, dlq_url, env }
+    let metrics = Arc::new(Mutex::new(Vec::new()));
+    let relay =
+        startup::build_relay_with(&config, &aws, Metrics::to(&config.metrics_namespace, metrics.clone()))
+            .unwrap();
+    TestApp { relay, config, sim, receiver, s3, sqs, bucket: name, queue_url, dlq_url, env, metrics }
 }
 
 /// The tests' own S3 client. It does not check response checksums: moto reports a CRC32 where
@@ -217,7 +224,25 @@ impl TestApp {
         listed.uploads().len()
     }
 
-    /// Every webhook received so far, each checked against the published JSON Schema.
+    /// The sum of one metric over every line the relay wrote, as CloudWatch's `Sum` would be.
+    pub fn metric_sum(&self, name: &str) -> f64 {
+        let lines = String::from_utf8(self.metrics.lock().unwrap().clone()).unwrap();
+        lines
+            .lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .filter_map(|doc| doc[name].as_f64())
+            .sum()
+    }
+
+    /// The webhooks delivered (answered 2xx), by type.
+    pub fn delivered_types(&self) -> Vec<String> {
+        let hooks = self.webhooks();
+        let delivered = hooks.iter().filter(|h| (200..300).contains(&h.answered));
+        delivered.map(|h| h.body["type"].as_str().unwrap().to_string()).collect()
+    }
+
+    /// Every webhook received so far, each checked against the published JSON Schema and its
+    /// strict copy.
     pub fn webhooks(&self) -> Vec<dealmachine_sim::Received> {
         let received = self.receiver.received();
         for hook in &received {
@@ -395,16 +420,69 @@ impl TestApp {
     }
 }
 
-/// Fails the test unless `body` matches `schemas/webhook-event.schema.json`.
+/// The published schema, `schemas/webhook-event.schema.json`.
+pub fn published_schema() -> Value {
+    serde_json::from_str(include_str!("../../schemas/webhook-event.schema.json")).unwrap()
+}
+
+/// The strict copy the tests hold the relay to: the published schema with unknown fields
+/// refused everywhere, so it checks exactly what is sent. Derived, so the two never drift.
+pub fn strict_schema() -> Value {
+    fn close(schema: &mut Value) {
+        match schema {
+            Value::Object(map) => {
+                if map.contains_key("properties") {
+                    map.insert("additionalProperties".into(), Value::Bool(false));
+                }
+                map.values_mut().for_each(close);
+            }
+            Value::Array(items) => items.iter_mut().for_each(close),
+            _ => {}
+        }
+    }
+    let mut schema = published_schema();
+    close(&mut schema);
+    schema
+}
+
+fn validator(schema: &Value) -> jsonschema::Validator {
+    jsonschema::options().should_validate_formats(true).build(schema).expect("the schema is valid")
+}
+
+/// The schema's complaints about `body`, if any.
+pub fn schema_errors(schema: &jsonschema::Validator, body: &Value) -> Vec<String> {
+    schema.iter_errors(body).map(|e| format!("{} at {}", e, e.instance_path())).collect()
+}
+
+pub static PUBLISHED: std::sync::LazyLock<jsonschema::Validator> =
+    std::sync::LazyLock::new(|| validator(&published_schema()));
+pub static STRICT: std::sync::LazyLock<jsonschema::Validator> =
+    std::sync::LazyLock::new(|| validator(&strict_schema()));
+
+/// Fails the test unless `body` matches the published schema and its strict copy.
 pub fn assert_valid_event(body: &Value) {
-    static SCHEMA: std::sync::LazyLock<jsonschema::Validator> = std::sync::LazyLock::new(|| {
-        let schema: Value =
-            serde_json::from_str(include_str!("../../schemas/webhook-event.schema.json")).unwrap();
-        jsonschema::options().should_validate_formats(true).build(&schema).expect("the schema is valid")
-    });
-    let errors: Vec<String> =
-        SCHEMA.iter_errors(body).map(|e| format!("{} at {}", e, e.instance_path())).collect();
-    assert!(errors.is_empty(), "webhook body does not match the schema: {errors:#?}\n{body:#}");
+    for (name, schema) in [("published", &*PUBLISHED), ("strict", &*STRICT)] {
+        let errors = schema_errors(schema, body);
+        assert!(errors.is_empty(), "webhook body does not match the {name} schema: {errors:#?}\n{body:#}");
+    }
+}
+
+/// Runs one of `tests/consumer/`'s scripts with the virtualenv's Python (`make venv` installs
+/// what they use), `stdin` fed in; whether it succeeded, and what it printed.
+pub fn consumer_script(script: &str, stdin: &str) -> (bool, String) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let root = env!("CARGO_MANIFEST_DIR");
+    let python = std::env::var("CONSUMER_PYTHON").unwrap_or_else(|_| format!("{root}/.venv/bin/python3"));
+    let mut child = Command::new(&python)
+        .arg(format!("{root}/tests/consumer/{script}"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{python} runs ({e}); run `make venv`"));
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    let output = child.wait_with_output().unwrap();
+    (output.status.success(), String::from_utf8_lossy(&output.stdout).trim().to_string())
 }
 
 pub fn sha256(bytes: &[u8]) -> String {

@@ -3,6 +3,7 @@
 
 mod at_least_once;
 mod batch;
+mod contract;
 mod copy;
 mod credentials;
 mod delivery;
