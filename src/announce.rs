@@ -158,11 +158,17 @@ impl Relay {
         Ok(self.ledger.keep_receipt(&request.export_id, &receipt).await?)
     }
 
-    /// Upstream's metadata as the first record that carried any had it.
+    /// Upstream's metadata as the first record that carried any had it. Read first: a receipt
+    /// is usually there already (kept on first receipt), and then nothing is written.
     async fn kept_metadata(&self, request: &ExportRequest) -> Result<Map<String, Value>, RelayError> {
+        if let Some(receipt) = self.ledger.receipt(&request.export_id).await? {
+            return Ok(receipt.metadata);
+        }
+        let Some(metadata) = &request.metadata else { return Ok(Map::new()) };
         self.keep_metadata(request).await?;
+        // Another record may have kept its own a moment earlier; its copy is the one kept.
         let receipt = self.ledger.receipt(&request.export_id).await?;
-        Ok(receipt.map(|r| r.metadata).or_else(|| request.metadata.clone()).unwrap_or_default())
+        Ok(receipt.map_or_else(|| metadata.clone(), |r| r.metadata))
     }
 
     /// The event telling how the export ended, with its files if it has any.
@@ -213,7 +219,7 @@ impl Relay {
                 bucket: self.transfer.bucket().to_string(),
                 key: file.key.clone(),
                 region: self.ledger.region(),
-                version_id: self.ledger.version_of(&file.key).await?,
+                version_id: file.version_id.clone(),
                 size: file.size,
                 sha256: file.sha256.clone(),
                 rows: file.rows,

@@ -452,6 +452,7 @@ impl Relay {
                 crc64nvme: done.inspection.crc64nvme,
                 rows: done.inspection.rows,
                 source: done.inspection.source,
+                version_id: done.version_id,
             };
             self.ledger.record_copied(&id, &record).await?;
             copied.push(record);

@@ -74,6 +74,9 @@ pub struct ManifestFile {
     /// against. Manifests written before the relay read them have none.
     #[serde(default)]
     pub source: SourceChecksums,
+    /// The version S3 gave the object when it landed, in a versioned bucket.
+    #[serde(default)]
+    pub version_id: Option<String>,
 }
 
 impl Manifest {
@@ -530,13 +533,6 @@ impl Ledger {
         Ok(self.read_json(&self.receipt_key(id)).await?.map(|r| r.value))
     }
 
-    /// The version S3 gave the object, when the bucket is versioned.
-    pub async fn version_of(&self, key: &str) -> Result<Option<String>, LedgerError> {
-        let head = self.s3.head_object().bucket(&self.bucket).key(key).send().await;
-        let head = head.map_err(|e| s3_error("HeadObject", key, e))?;
-        Ok(head.version_id.filter(|v| !v.is_empty() && v != "null"))
-    }
-
     /// The record of this event's delivery, if it was delivered.
     pub async fn delivery(
         &self,
@@ -564,6 +560,7 @@ mod tests {
             crc64nvme: "AAAAAAAAAAA=".into(),
             rows,
             source: SourceChecksums::default(),
+            version_id: None,
         }
     }
 

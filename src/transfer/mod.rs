@@ -28,6 +28,7 @@ pub use self::deadline::Deadline;
 use self::parts::{PartBuffers, PartReader};
 pub use self::policy::{UrlPolicy, content_type, object_key};
 use self::source::{Download, Recoveries};
+use self::upload::Landed;
 use crate::integrity::{CorruptGzip, Inspection, InspectionError, Inspector, SourceChecksums};
 use crate::metrics::Metrics;
 
@@ -200,6 +201,8 @@ pub struct Copied {
     pub key: String,
     pub size: u64,
     pub parts: usize,
+    /// The version S3 gave the object, in a versioned bucket: the one this copy wrote.
+    pub version_id: Option<String>,
     pub elapsed: Duration,
     pub inspection: Inspection,
     /// Times the download continued after a break, and times it started again from byte 0.
@@ -321,11 +324,12 @@ impl Transfer {
                 )
                 .await
             {
-                Ok((parts, inspection)) => {
+                Ok((landed, inspection)) => {
                     return Ok(Copied {
                         key: destination.key.clone(),
                         size: expected_size,
-                        parts,
+                        parts: landed.parts,
+                        version_id: landed.version_id,
                         elapsed: started.elapsed(),
                         inspection,
                         resumes: recoveries.resumes(),
@@ -354,7 +358,7 @@ impl Transfer {
         destination: &Destination,
         timing: (Instant, Deadline),
         recoveries: &Arc<Recoveries>,
-    ) -> Result<(usize, Inspection), TransferError> {
+    ) -> Result<(Landed, Inspection), TransferError> {
         // The slot comes first, so a download is asked for only when its bytes have somewhere
         // to go: an answer left unread would hold its connection's flow-control window.
         let slot = self.slot(part_size).await;
@@ -371,8 +375,8 @@ impl Transfer {
         let first = body.next_part().await?;
         if body.finished() {
             let inspection = body.inspection().await?;
-            self.put_whole(destination, first, &inspection).await?;
-            return Ok((1, inspection));
+            let landed = self.put_whole(destination, first, &inspection).await?;
+            return Ok((landed, inspection));
         }
         self.put_multipart(destination, (first, slot), &mut body, timing).await
     }

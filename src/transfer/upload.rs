@@ -41,8 +41,9 @@ impl Transfer {
         destination: &Destination,
         bytes: Bytes,
         inspection: &Inspection,
-    ) -> Result<(), TransferError> {
-        self.s3
+    ) -> Result<Landed, TransferError> {
+        let output = self
+            .s3
             .put_object()
             .bucket(&self.bucket)
             .key(&destination.key)
@@ -55,7 +56,7 @@ impl Transfer {
             .send()
             .await
             .map_err(|e| TransferError::s3("PutObject", e))?;
-        Ok(())
+        Ok(Landed { parts: 1, version_id: version(output.version_id) })
     }
 
     /// Streams the rest of the body into a multipart upload, and completes it only once the
@@ -66,7 +67,7 @@ impl Transfer {
         first: (Bytes, OwnedSemaphorePermit),
         body: &mut PartReader<impl Stream<Item = Result<Bytes, TransferError>> + Unpin>,
         timing: (Instant, Deadline),
-    ) -> Result<(usize, Inspection), TransferError> {
+    ) -> Result<(Landed, Inspection), TransferError> {
         let upload_id = self
             .s3
             .create_multipart_upload()
@@ -87,8 +88,8 @@ impl Transfer {
         let completed = async {
             let parts = self.upload_parts(&destination.key, &upload_id, first, body, timing).await?;
             let inspection = body.inspection().await?;
-            let count = self.complete(&destination.key, &upload_id, parts, &inspection).await?;
-            Ok::<_, TransferError>((count, inspection))
+            let landed = self.complete(&destination.key, &upload_id, parts, &inspection).await?;
+            Ok::<_, TransferError>((landed, inspection))
         }
         .await;
         if completed.is_err() {
@@ -168,9 +169,10 @@ impl Transfer {
         upload_id: &str,
         parts: Vec<CompletedPart>,
         inspection: &Inspection,
-    ) -> Result<usize, TransferError> {
+    ) -> Result<Landed, TransferError> {
         let count = parts.len();
-        self.s3
+        let output = self
+            .s3
             .complete_multipart_upload()
             .bucket(&self.bucket)
             .key(key)
@@ -181,7 +183,7 @@ impl Transfer {
             .send()
             .await
             .map_err(|e| TransferError::s3("CompleteMultipartUpload", e))?;
-        Ok(count)
+        Ok(Landed { parts: count, version_id: version(output.version_id) })
     }
 
     /// A GET URL for the object that works without AWS credentials until it expires (or until
@@ -216,4 +218,15 @@ fn joined(
     done.unwrap_or_else(|e| {
         Err(TransferError::S3 { operation: "UploadPart", message: format!("upload task ended: {e}") })
     })
+}
+
+/// How an object landed: in how many parts, and the version S3 gave it (in a versioned bucket).
+pub(super) struct Landed {
+    pub(super) parts: usize,
+    pub(super) version_id: Option<String>,
+}
+
+/// S3 answers `null` (or nothing) for an object in a bucket that is not versioned.
+fn version(version_id: Option<String>) -> Option<String> {
+    version_id.filter(|v| !v.is_empty() && v != "null")
 }
