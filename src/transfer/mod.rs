@@ -263,14 +263,22 @@ impl Transfer {
     /// Gives up on a download that sends nothing for `idle` (and resumes it, within the
     /// budget); the invocation's deadline bounds the whole copy.
     pub fn with_idle_timeout(self, idle: Duration) -> Result<Self, reqwest::Error> {
+        if idle == self.idle_timeout {
+            return Ok(self);
+        }
         Self { idle_timeout: idle, ..self }.rebuilt()
     }
 
     /// Trusts `roots` beside the system's, for a file host whose certificate a private CA signed.
     pub fn with_root_certificates(self, roots: Vec<reqwest::Certificate>) -> Result<Self, reqwest::Error> {
+        if roots.is_empty() && self.roots.is_empty() {
+            return Ok(self);
+        }
         Self { roots, ..self }.rebuilt()
     }
 
+    /// Builds the download client again; only when a setting differs from what it was built
+    /// with, as each build loads the system's root certificates (cold-start time).
     fn rebuilt(self) -> Result<Self, reqwest::Error> {
         Ok(Self { http: source::client(&self.policy, self.idle_timeout, &self.roots)?, ..self })
     }

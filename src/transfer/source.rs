@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use aws_sdk_s3::error::DisplayErrorContext;
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::BoxStream;
@@ -74,7 +75,8 @@ enum Break {
 impl std::fmt::Display for Break {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::Error(e) => write!(f, "{}", with_sources(e)),
+            // reqwest's own message rarely says what happened; its causes do.
+            Self::Error(e) => write!(f, "{}", DisplayErrorContext(e)),
             Self::EndedEarly => f.write_str("the body ended early"),
             Self::Status(status) => write!(f, "the resume was answered {status}"),
         }
@@ -347,18 +349,6 @@ fn download_error(e: reqwest::Error) -> TransferError {
     } else {
         TransferError::Download(e)
     }
-}
-
-/// An error and its causes on one line: reqwest's own message rarely says what happened.
-fn with_sources(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]
