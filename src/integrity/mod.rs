@@ -3,6 +3,7 @@
 //! file host announced for what it stored, and, for gzip CSV, a decode to the trailer with a
 //! count of the CSV rows inside.
 
+mod gzip;
 mod rows;
 
 use std::io::Write;
@@ -11,11 +12,11 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use bytes::Bytes;
 use crc_fast::{CrcAlgorithm, Digest as CrcDigest};
-use flate2::write::MultiGzDecoder;
 use md5::Md5;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+pub use self::gzip::GzipStream;
 pub use self::rows::RowCounter;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -94,8 +95,8 @@ pub struct Digests {
 pub enum Content {
     Opaque,
     Csv(RowCounter),
-    GzipCsv(Box<MultiGzDecoder<RowCounter>>),
-    Gzip(Box<MultiGzDecoder<std::io::Sink>>),
+    GzipCsv(Box<GzipStream<RowCounter>>),
+    Gzip(Box<GzipStream<std::io::Sink>>),
 }
 
 impl Inspector {
@@ -170,9 +171,9 @@ impl Content {
     pub fn for_file(filename: &str) -> Self {
         let name = filename.to_ascii_lowercase();
         if name.ends_with(".csv.gz") {
-            Self::GzipCsv(Box::new(MultiGzDecoder::new(RowCounter::default())))
+            Self::GzipCsv(Box::new(GzipStream::new(RowCounter::default())))
         } else if name.ends_with(".gz") {
-            Self::Gzip(Box::new(MultiGzDecoder::new(std::io::sink())))
+            Self::Gzip(Box::new(GzipStream::new(std::io::sink())))
         } else if name.ends_with(".csv") {
             Self::Csv(RowCounter::default())
         } else {
@@ -196,11 +197,11 @@ impl Content {
         match self {
             Self::Opaque => Ok(None),
             Self::Csv(counter) => Ok(Some(counter.data_rows())),
-            Self::GzipCsv(mut decoder) => {
-                decoder.try_finish().map_err(trailer)?;
+            Self::GzipCsv(decoder) => {
+                decoder.finish().map_err(trailer)?;
                 Ok(Some(decoder.get_ref().data_rows()))
             }
-            Self::Gzip(mut decoder) => decoder.try_finish().map(|()| None).map_err(trailer),
+            Self::Gzip(decoder) => decoder.finish().map(|()| None).map_err(trailer),
         }
     }
 }

@@ -245,7 +245,7 @@ impl Transfer {
         parts_in_flight: usize,
     ) -> Result<Self, reqwest::Error> {
         Ok(Self {
-            s3,
+            s3: upload::unsigned_bodies(s3),
             http: source::client(&policy, DEFAULT_IDLE_TIMEOUT, &[])?,
             bucket,
             policy,

@@ -70,6 +70,16 @@ async fn every_file_is_written_once_and_nothing_is_copied_inside_s3() {
     }
     let manifest = app.manifest(&id).await.expect("manifest committed");
     assert_eq!(manifest["files"][0]["sha256"], app.sim.files(&id)[0].1.sha256.as_str());
+
+    // File bodies are not hashed a second time by the SDK to sign them.
+    let bodies: Vec<_> = proxy
+        .header_sent("x-amz-content-sha256")
+        .into_iter()
+        .filter(|(request, _)| request.starts_with("PUT ") && request.contains(".csv.gz?"))
+        .collect();
+    let parts = proxy.count("PUT", "partNumber=");
+    assert!(parts >= 2 && bodies.len() == parts + 1, "the parts and one PutObject: {bodies:?}");
+    assert!(bodies.iter().all(|(_, hash)| hash == "UNSIGNED-PAYLOAD"), "{bodies:?}");
 }
 
 #[tokio::test]

@@ -24,14 +24,12 @@ pub struct FaultyS3 {
     fail: Arc<FailWhen>,
     rule: Arc<Rule>,
     pub injected: Arc<AtomicUsize>,
-    /// `METHOD path?query` of each request, in order.
-    requests: Arc<Mutex<Vec<String>>>,
     /// The JSON body of each SQS `SendMessage`, in order.
     sqs_sends: Arc<Mutex<Vec<serde_json::Value>>>,
     /// Requests that asked S3 to copy from an object (`x-amz-copy-source`).
     copies: Arc<AtomicUsize>,
-    /// `METHOD path?query` and the `x-amz-checksum-crc64nvme` header of each request that sent one.
-    crc64nvme: Arc<Mutex<Vec<(String, String)>>>,
+    /// `METHOD path?query` and the headers of each request, in order.
+    sent: Arc<Mutex<Vec<(String, HeaderMap)>>>,
     /// The status answered to each manifest write, and the manifest sent.
     manifest_puts: Arc<Mutex<Vec<(u16, serde_json::Value)>>>,
 }
@@ -68,10 +66,9 @@ impl FaultyS3 {
             fail,
             rule,
             injected: Arc::default(),
-            requests: Arc::default(),
             sqs_sends: Arc::default(),
             copies: Arc::default(),
-            crc64nvme: Arc::default(),
+            sent: Arc::default(),
             manifest_puts: Arc::default(),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -86,7 +83,7 @@ impl FaultyS3 {
 
     /// How many requests of `method` had a query string containing `query`.
     pub fn count(&self, method: &str, query: &str) -> usize {
-        let requests = self.requests.lock().unwrap();
+        let requests = self.requests();
         requests.iter().filter(|r| r.starts_with(&format!("{method} ")) && r.contains(query)).count()
     }
 
@@ -102,7 +99,19 @@ impl FaultyS3 {
 
     /// The `x-amz-checksum-crc64nvme` headers sent, with `METHOD path?query` of their request.
     pub fn crc64nvme_sent(&self) -> Vec<(String, String)> {
-        self.crc64nvme.lock().unwrap().clone()
+        self.header_sent("x-amz-checksum-crc64nvme")
+    }
+
+    /// `METHOD path?query` of each request, in order.
+    fn requests(&self) -> Vec<String> {
+        self.sent.lock().unwrap().iter().map(|(request, _)| request.clone()).collect()
+    }
+
+    /// The `name` headers sent, with `METHOD path?query` of each request that sent one.
+    pub fn header_sent(&self, name: &str) -> Vec<(String, String)> {
+        let sent = self.sent.lock().unwrap();
+        let value = |headers: &HeaderMap| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+        sent.iter().filter_map(|(request, headers)| Some((request.clone(), value(headers)?))).collect()
     }
 
     /// Each `PutObject` of a `manifest.json`, in order: the status S3 answered and the manifest.
@@ -132,7 +141,7 @@ impl FaultyS3 {
     /// Requests that start writing the object at `key`: PutObject (or CopyObject) and
     /// CreateMultipartUpload, but not the parts of an upload.
     pub fn writes_to(&self, key: &str) -> usize {
-        let requests = self.requests.lock().unwrap();
+        let requests = self.requests();
         let starts_object = |request: &&String| {
             let (method, uri) = request.split_once(' ').unwrap();
             let (path, query) = uri.split_once('?').unwrap_or((uri, ""));
@@ -152,10 +161,7 @@ async fn forward(
     body: Bytes,
 ) -> Response {
     let query = uri.query().unwrap_or_default();
-    proxy.requests.lock().unwrap().push(format!("{method} {uri}"));
-    if let Some(crc) = headers.get("x-amz-checksum-crc64nvme").and_then(|v| v.to_str().ok()) {
-        proxy.crc64nvme.lock().unwrap().push((format!("{method} {uri}"), crc.to_string()));
-    }
+    proxy.sent.lock().unwrap().push((format!("{method} {uri}"), headers.clone()));
     if headers.get("x-amz-target").is_some_and(|target| target == "AmazonSQS.SendMessage") {
         proxy.sqs_sends.lock().unwrap().push(serde_json::from_slice(&body).unwrap_or_default());
     }
