@@ -77,16 +77,21 @@ bench-poll: venv $(BENCH_VENV)/.installed ## The polling table alone (about 10 m
 
 MUTANTS_VERSION := 27.1.0
 # The fault-handling modules docs/RELIABILITY.md promises; `make mutants MUTANTS_FILES=src/http.rs`
-# runs one of them (docs/RELIABILITY.md says which are done).
-MUTANTS_FILES ?= src/deadletter.rs src/http.rs src/requeue.rs src/integrity.rs src/manifest.rs \
+# runs one of them (docs/RELIABILITY.md says which are done, with the tests each was judged by).
+MUTANTS_FILES ?= src/deadletter.rs src/http.rs src/requeue.rs 'src/integrity/*.rs' src/manifest.rs \
 	src/notify.rs src/dealmachine.rs 'src/transfer/*.rs'
+# The test binaries built and run for each mutant, and a name filter within them (empty: all).
+MUTANTS_TARGETS ?= --lib --test api
+MUTANTS_TESTS ?=
+MUTANTS_OUT ?= target/mutants-out
 
 .bench-tools/bin/cargo-mutants:
 	cargo install --locked cargo-mutants@$(MUTANTS_VERSION) --root .bench-tools
 
 mutants: venv .bench-tools/bin/cargo-mutants ## Mutation testing of the fault handling against moto (hours; not in CI)
-	CONSUMER_PYTHON=$(CURDIR)/$(VENV)/bin/python3 scripts/with-moto.sh .bench-tools/bin/cargo-mutants mutants --baseline=run --no-shuffle \
-		$(foreach f,$(MUTANTS_FILES),--file $(f)) --output target/mutants-out $(MUTANTS_ARGS)
+	CONSUMER_PYTHON=$(CURDIR)/$(VENV)/bin/python3 scripts/with-moto.sh .bench-tools/bin/cargo-mutants mutants \
+		--baseline=run --no-shuffle --profile mutants $(foreach f,$(MUTANTS_FILES),--file $(f)) \
+		--output $(MUTANTS_OUT) $(MUTANTS_ARGS) -- $(MUTANTS_TARGETS) $(if $(MUTANTS_TESTS),-- $(MUTANTS_TESTS))
 
 clean: ## Remove build output and the local virtualenvs
 	cargo clean

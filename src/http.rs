@@ -60,7 +60,9 @@ pub async fn send_with_retry(
     .retry(backoff)
     .when(|failure| match failure {
         Failure::Status(_) => true,
-        Failure::Transport(e) => e.is_connect() || e.is_timeout() || e.is_request(),
+        // No answer came: refused, reset or timed out while sending (connects and timeouts
+        // are request errors too). Redirect, body and decode errors are not retried.
+        Failure::Transport(e) => e.is_timeout() || e.is_request(),
     })
     .adjust(|failure, planned| {
         let Failure::Status(response) = failure else {
@@ -134,4 +136,165 @@ pub async fn body_excerpt(response: Response, limit: usize) -> String {
         }
     }
     String::from_utf8_lossy(&excerpt).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::sync::{Arc, Mutex};
+    use std::time::Instant;
+
+    use axum::response::IntoResponse;
+
+    use super::*;
+
+    /// A local server answering `answers` in turn (then 200), noting when each request came.
+    #[derive(Clone, Default)]
+    struct Scripted {
+        answers: Arc<Mutex<VecDeque<(u16, Option<&'static str>)>>>,
+        arrivals: Arc<Mutex<Vec<Instant>>>,
+    }
+
+    impl Scripted {
+        async fn start(answers: &[(u16, Option<&'static str>)]) -> (Self, String) {
+            let scripted = Self { answers: Arc::new(Mutex::new(answers.iter().copied().collect())), ..Self::default() };
+            let state = scripted.clone();
+            let app = axum::Router::new().fallback(move || {
+                let state = state.clone();
+                async move {
+                    state.arrivals.lock().unwrap().push(Instant::now());
+                    let (status, retry_after) = state.answers.lock().unwrap().pop_front().unwrap_or((200, None));
+                    let status = StatusCode::from_u16(status).unwrap();
+                    match retry_after {
+                        Some(value) => (status, [(header::RETRY_AFTER, value)]).into_response(),
+                        None => status.into_response(),
+                    }
+                }
+            });
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let url = format!("http://{}/", listener.local_addr().unwrap());
+            tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+            (scripted, url)
+        }
+
+        fn requests(&self) -> usize {
+            self.arrivals.lock().unwrap().len()
+        }
+    }
+
+    const FAST: RetryPolicy =
+        RetryPolicy { retries: 4, first_delay: Duration::from_millis(1), max_delay: Duration::from_secs(2) };
+
+    fn throttled_or_failing(status: StatusCode) -> bool {
+        status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error()
+    }
+
+    async fn send(url: &str, policy: &RetryPolicy) -> Result<Sent, reqwest::Error> {
+        let client = reqwest::Client::new();
+        send_with_retry(policy, throttled_or_failing, || client.get(url)).await
+    }
+
+    #[tokio::test]
+    async fn named_statuses_are_retried_and_429s_counted() {
+        let (server, url) = Scripted::start(&[(429, Some("0")), (503, None), (429, Some("0"))]).await;
+        let sent = send(&url, &FAST).await.unwrap();
+        assert_eq!(sent.response.status(), StatusCode::OK);
+        assert_eq!((server.requests(), sent.tries, sent.rate_limited), (4, 4, 2));
+    }
+
+    #[tokio::test]
+    async fn other_statuses_are_answered_at_once() {
+        let (server, url) = Scripted::start(&[(404, None)]).await;
+        let sent = send(&url, &FAST).await.unwrap();
+        assert_eq!((sent.response.status(), server.requests(), sent.tries), (StatusCode::NOT_FOUND, 1, 1));
+    }
+
+    #[tokio::test]
+    async fn the_last_answer_is_returned_when_the_retries_run_out() {
+        let (server, url) = Scripted::start(&[(500, None); 9]).await;
+        let sent = send(&url, &FAST).await.unwrap();
+        assert_eq!(sent.response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(server.requests(), FAST.retries + 1);
+    }
+
+    #[tokio::test]
+    async fn a_retry_after_within_the_cap_is_waited_out() {
+        let (server, url) = Scripted::start(&[(429, Some("1"))]).await;
+        let sent = send(&url, &FAST).await.unwrap();
+        assert_eq!(sent.response.status(), StatusCode::OK);
+        assert_eq!(sent.throttled_for, Some(Duration::from_secs(1)));
+        let arrivals = server.arrivals.lock().unwrap().clone();
+        assert!(arrivals[1] - arrivals[0] >= Duration::from_millis(950), "{:?}", arrivals[1] - arrivals[0]);
+    }
+
+    #[tokio::test]
+    async fn a_retry_after_past_the_cap_hands_the_answer_back_at_once() {
+        let (server, url) = Scripted::start(&[(429, Some("120"))]).await;
+        let sent = tokio::time::timeout(Duration::from_secs(10), send(&url, &FAST)).await.expect("no sleep");
+        let sent = sent.unwrap();
+        assert_eq!((sent.response.status(), server.requests()), (StatusCode::TOO_MANY_REQUESTS, 1));
+        assert_eq!(sent.throttled_for, Some(Duration::from_secs(120)));
+    }
+
+    #[tokio::test]
+    async fn a_connection_closed_without_an_answer_is_retried() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        let accepted = Arc::new(Mutex::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                *counter.lock().unwrap() += 1;
+                drop(socket);
+            }
+        });
+        assert!(send(&url, &FAST).await.unwrap_err().is_request());
+        assert_eq!(*accepted.lock().unwrap(), FAST.retries + 1);
+    }
+
+    fn response(body: reqwest::Body, headers: &[(header::HeaderName, &str)]) -> Response {
+        let mut answer = http::Response::new(body);
+        for (name, value) in headers {
+            answer.headers_mut().insert(name, value.parse().unwrap());
+        }
+        Response::from(answer)
+    }
+
+    fn chunked(chunks: &[&'static [u8]]) -> reqwest::Body {
+        let chunks: Vec<Result<Bytes, std::io::Error>> = chunks.iter().map(|c| Ok(Bytes::from_static(c))).collect();
+        reqwest::Body::wrap_stream(futures::stream::iter(chunks))
+    }
+
+    #[test]
+    fn retry_after_is_read_in_seconds_or_as_a_date() {
+        let after = |value: &str| retry_after(&response(reqwest::Body::from(""), &[(header::RETRY_AFTER, value)]));
+        assert_eq!(after(" 7 "), Some(Duration::from_secs(7)));
+        let soon = (chrono::Utc::now() + chrono::Duration::seconds(30)).to_rfc2822();
+        let wait = after(&soon).unwrap();
+        assert!(wait > Duration::from_secs(25) && wait <= Duration::from_secs(30), "{wait:?}");
+        let past = (chrono::Utc::now() - chrono::Duration::seconds(30)).to_rfc2822();
+        assert_eq!(after(&past), Some(Duration::ZERO));
+        assert_eq!(after("soon"), None);
+        assert_eq!(retry_after(&response(reqwest::Body::from(""), &[])), None);
+    }
+
+    #[tokio::test]
+    async fn a_body_up_to_the_cap_is_read_and_one_byte_more_is_refused() {
+        let sized = |body: &'static str| response(reqwest::Body::from(body), &[]);
+        assert_eq!(read_capped(sized("0123456789"), 10).await.unwrap(), "0123456789");
+        assert!(matches!(read_capped(sized("0123456789a"), 10).await, Err(BodyError::TooLarge { limit: 10 })));
+        // No length announced: counted as the chunks come.
+        let exact = response(chunked(&[b"0", b"123456789"]), &[]);
+        assert_eq!(read_capped(exact, 10).await.unwrap(), "0123456789");
+        let over = response(chunked(&[b"0", b"123456789a"]), &[]);
+        assert!(matches!(read_capped(over, 10).await, Err(BodyError::TooLarge { limit: 10 })));
+    }
+
+    #[tokio::test]
+    async fn an_excerpt_stops_at_its_limit() {
+        let excerpt = body_excerpt(response(chunked(&[b"abc", b"defgh", b"ij"]), &[]), 5).await;
+        assert_eq!(excerpt, "abcde");
+        let short = body_excerpt(response(chunked(&[b"ab", b"c"]), &[]), 5).await;
+        assert_eq!(short, "abc");
+    }
 }

@@ -8,16 +8,12 @@ use chrono::Utc;
 use dealmachine_sim::{ApiFault, DownloadFault, ExportSpec, FileSpec, Status};
 use serde_json::json;
 
-use crate::helpers::{Setup, TestApp, spawn_app, spawn_app_with};
+use crate::helpers::{Setup, TestApp, spawn_app_with};
 
 #[tokio::test]
 async fn a_mixed_batch_reports_exactly_the_records_worth_retrying() {
     // A poll delay long enough to still be pending when the batch's slowest record is done.
-    let app = spawn_app_with(Setup {
-        env: vec![("POLL_INITIAL_DELAY_SECONDS", "60".into())],
-        ..Default::default()
-    })
-    .await;
+    let app = spawn_app_with(Setup::slow_polls()).await;
     let done = app.completed(vec![FileSpec::csv("a.csv.gz", 1, 50)]);
     let running = app.sim.add_export(ExportSpec::scripted(&[Status::Processing], vec![]));
     let flaky = app.completed(vec![FileSpec {
@@ -111,7 +107,7 @@ fn api_requests(app: &TestApp) -> Vec<(String, u16)> {
 
 #[tokio::test]
 async fn due_polls_are_checked_on_the_list_endpoint_and_the_rest_with_their_own_get() {
-    let app = spawn_app().await;
+    let app = spawn_app_with(Setup::slow_polls()).await;
     let running = processing(&app, 4);
     let done: Vec<String> = (0..2).map(|i| app.completed(vec![FileSpec::csv("a.csv.gz", i, 20)])).collect();
     // Listed as completed without download URLs, and not listed at all.
@@ -167,7 +163,7 @@ async fn due_polls_are_checked_on_the_list_endpoint_and_the_rest_with_their_own_
 
 #[tokio::test]
 async fn a_list_refused_with_429_leaves_each_due_poll_to_its_own_get() {
-    let app = spawn_app().await;
+    let app = spawn_app_with(Setup::slow_polls()).await;
     let ids = processing(&app, 3);
     // Longer than an invocation waits.
     app.sim.push_faults(&[ApiFault::RateLimited(120)]);

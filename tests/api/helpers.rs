@@ -43,6 +43,14 @@ pub struct Setup {
     pub sim: SimOptions,
 }
 
+impl Setup {
+    /// Polls a minute apart: a requeued record is still delayed when the test looks at the
+    /// queue, however slow the machine (the default 2 s can pass during a few moto calls).
+    pub fn slow_polls() -> Self {
+        Self { env: vec![("POLL_INITIAL_DELAY_SECONDS", "60".into())], ..Default::default() }
+    }
+}
+
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(Setup::default()).await
 }

@@ -5,11 +5,11 @@ use std::time::Duration;
 use dealmachine_sim::{ExportSpec, FileSpec, Status};
 use serde_json::json;
 
-use crate::helpers::spawn_app;
+use crate::helpers::{Setup, spawn_app, spawn_app_with};
 
 #[tokio::test]
 async fn a_schedule_checks_each_export_once_and_hands_running_ones_to_the_queue() {
-    let app = spawn_app().await;
+    let app = spawn_app_with(Setup::slow_polls()).await;
     let done = app.completed(vec![FileSpec::csv("a.csv.gz", 1, 10)]);
     let running = app.sim.add_export(ExportSpec::scripted(&[Status::Pending], vec![]));
     let event = json!({
