@@ -81,7 +81,7 @@ MUTANTS_VERSION := 27.1.0
 MUTANTS_FILES ?= src/deadletter.rs src/http.rs src/requeue.rs 'src/integrity/*.rs' src/manifest.rs \
 	src/notify.rs src/dealmachine.rs 'src/transfer/*.rs'
 # The test binaries built and run for each mutant, and a name filter within them (empty: all).
-MUTANTS_TARGETS ?= --lib --test api
+MUTANTS_TARGETS ?= --lib --test=api
 MUTANTS_TESTS ?=
 MUTANTS_OUT ?= target/mutants-out
 
@@ -91,7 +91,8 @@ MUTANTS_OUT ?= target/mutants-out
 mutants: venv .bench-tools/bin/cargo-mutants ## Mutation testing of the fault handling against moto (hours; not in CI)
 	CONSUMER_PYTHON=$(CURDIR)/$(VENV)/bin/python3 scripts/with-moto.sh .bench-tools/bin/cargo-mutants mutants \
 		--baseline=run --no-shuffle --profile mutants $(foreach f,$(MUTANTS_FILES),--file $(f)) \
-		--output $(MUTANTS_OUT) $(MUTANTS_ARGS) -- $(MUTANTS_TARGETS) $(if $(MUTANTS_TESTS),-- $(MUTANTS_TESTS))
+		$(foreach t,$(MUTANTS_TARGETS),--cargo-arg=$(t)) --output $(MUTANTS_OUT) $(MUTANTS_ARGS) \
+		$(if $(MUTANTS_TESTS),-- -- $(MUTANTS_TESTS))
 
 clean: ## Remove build output and the local virtualenvs
 	cargo clean

@@ -1,14 +1,13 @@
 //! gzip (RFC 1952) decoded as chunks are pushed in, members one after another, to the trailer of
 //! the last one.
 //!
-//! Why not `flate2::write::MultiGzDecoder`: it inflates into a fixed 32 KiB buffer and hashes
-//! each 32 KiB separately, and the inflate is most of the copy's CPU. Inflating into 256 KiB
-//! and checking the trailer with `crc-fast` cut the decode of the 1 GiB bench file by about a
-//! quarter (BENCHMARKS.md, *Levers tried*). The deflate itself is still flate2's (zlib-rs).
+//! Why not `flate2::write::MultiGzDecoder`: it inflates into a fixed 32 KiB buffer, and the
+//! inflate is most of the copy's CPU. Inflating into 256 KiB cut the decode of the 1 GiB bench
+//! file by about a sixth (BENCHMARKS.md, *Levers tried*). The deflate itself is still flate2's
+//! (zlib-rs), and the trailer's CRC-32 is crc32fast's, as in flate2.
 
 use std::io::{self, Write};
 
-use crc_fast::{CrcAlgorithm, Digest as CrcDigest};
 use flate2::{Decompress, FlushDecompress, Status};
 
 /// Inflated bytes handed on at a time. Larger buffers measured no faster.
@@ -23,7 +22,7 @@ pub struct GzipStream<W> {
     part: Part,
     inflate: Decompress,
     buffer: Box<[u8]>,
-    crc: CrcDigest,
+    crc: crc32fast::Hasher,
     /// The member's inflated length modulo 2^32, as the trailer stores it.
     length: u32,
     /// Header or trailer bytes split across chunks.
@@ -48,7 +47,7 @@ impl<W: Write> GzipStream<W> {
             part: Part::Header,
             inflate: Decompress::new(false),
             buffer: vec![0; INFLATE_BUFFER].into_boxed_slice(),
-            crc: CrcDigest::new(CrcAlgorithm::Crc32IsoHdlc),
+            crc: crc32fast::Hasher::new(),
             length: 0,
             gathered: Vec::new(),
             members: 0,
@@ -141,7 +140,7 @@ impl<W: Write> GzipStream<W> {
     fn check_trailer(&self) -> Result<(), String> {
         let field = |at: usize| u32::from_le_bytes(self.gathered[at..at + 4].try_into().expect("4 bytes"));
         let (crc, length) = (field(0), field(4));
-        let computed = self.crc.finalize() as u32;
+        let computed = self.crc.clone().finalize();
         if crc != computed {
             return Err(format!(
                 "the gzip trailer's CRC-32 is {crc:08x} but the data's is {computed:08x}: the file is damaged"
@@ -219,9 +218,7 @@ fn header_length(bytes: &[u8], members: u64) -> io::Result<Option<usize>> {
     }
     if flags & FHCRC != 0 {
         let Some(stored) = bytes.get(at..at + 2) else { return Ok(None) };
-        let mut crc = CrcDigest::new(CrcAlgorithm::Crc32IsoHdlc);
-        crc.update(&bytes[..at]);
-        if u16::from_le_bytes([stored[0], stored[1]]) != crc.finalize() as u16 {
+        if u16::from_le_bytes([stored[0], stored[1]]) != crc32fast::hash(&bytes[..at]) as u16 {
             return Err(not_gzip("the header's CRC does not match"));
         }
         at += 2;
@@ -287,9 +284,7 @@ mod tests {
         let mut gz = gzip_with(GzBuilder::new(), b"id\n1\n");
         // Set FHCRC and insert the header's CRC-16 after the 10 fixed bytes.
         gz[3] |= FHCRC;
-        let mut crc = CrcDigest::new(CrcAlgorithm::Crc32IsoHdlc);
-        crc.update(&gz[..10]);
-        let good = (crc.finalize() as u16).to_le_bytes();
+        let good = (crc32fast::hash(&gz[..10]) as u16).to_le_bytes();
         let with = |stored: [u8; 2]| [&gz[..10], &stored, &gz[10..]].concat();
         assert_eq!(decode(&with(good), 3).unwrap(), b"id\n1\n");
         assert!(decode(&with([good[0] ^ 1, good[1]]), 3).is_err());
