@@ -148,22 +148,27 @@ mod tests {
 
     use super::*;
 
+    /// A status, and the `Retry-After` to send with it.
+    type Answer = (u16, Option<&'static str>);
+
     /// A local server answering `answers` in turn (then 200), noting when each request came.
     #[derive(Clone, Default)]
     struct Scripted {
-        answers: Arc<Mutex<VecDeque<(u16, Option<&'static str>)>>>,
+        answers: Arc<Mutex<VecDeque<Answer>>>,
         arrivals: Arc<Mutex<Vec<Instant>>>,
     }
 
     impl Scripted {
-        async fn start(answers: &[(u16, Option<&'static str>)]) -> (Self, String) {
-            let scripted = Self { answers: Arc::new(Mutex::new(answers.iter().copied().collect())), ..Self::default() };
+        async fn start(answers: &[Answer]) -> (Self, String) {
+            let scripted =
+                Self { answers: Arc::new(Mutex::new(answers.iter().copied().collect())), ..Self::default() };
             let state = scripted.clone();
             let app = axum::Router::new().fallback(move || {
                 let state = state.clone();
                 async move {
                     state.arrivals.lock().unwrap().push(Instant::now());
-                    let (status, retry_after) = state.answers.lock().unwrap().pop_front().unwrap_or((200, None));
+                    let (status, retry_after) =
+                        state.answers.lock().unwrap().pop_front().unwrap_or((200, None));
                     let status = StatusCode::from_u16(status).unwrap();
                     match retry_after {
                         Some(value) => (status, [(header::RETRY_AFTER, value)]).into_response(),
@@ -261,13 +266,15 @@ mod tests {
     }
 
     fn chunked(chunks: &[&'static [u8]]) -> reqwest::Body {
-        let chunks: Vec<Result<Bytes, std::io::Error>> = chunks.iter().map(|c| Ok(Bytes::from_static(c))).collect();
+        let chunks: Vec<Result<Bytes, std::io::Error>> =
+            chunks.iter().map(|c| Ok(Bytes::from_static(c))).collect();
         reqwest::Body::wrap_stream(futures::stream::iter(chunks))
     }
 
     #[test]
     fn retry_after_is_read_in_seconds_or_as_a_date() {
-        let after = |value: &str| retry_after(&response(reqwest::Body::from(""), &[(header::RETRY_AFTER, value)]));
+        let after =
+            |value: &str| retry_after(&response(reqwest::Body::from(""), &[(header::RETRY_AFTER, value)]));
         assert_eq!(after(" 7 "), Some(Duration::from_secs(7)));
         let soon = (chrono::Utc::now() + chrono::Duration::seconds(30)).to_rfc2822();
         let wait = after(&soon).unwrap();
@@ -282,7 +289,10 @@ mod tests {
     async fn a_body_up_to_the_cap_is_read_and_one_byte_more_is_refused() {
         let sized = |body: &'static str| response(reqwest::Body::from(body), &[]);
         assert_eq!(read_capped(sized("0123456789"), 10).await.unwrap(), "0123456789");
-        assert!(matches!(read_capped(sized("0123456789a"), 10).await, Err(BodyError::TooLarge { limit: 10 })));
+        assert!(matches!(
+            read_capped(sized("0123456789a"), 10).await,
+            Err(BodyError::TooLarge { limit: 10 })
+        ));
         // No length announced: counted as the chunks come.
         let exact = response(chunked(&[b"0", b"123456789"]), &[]);
         assert_eq!(read_capped(exact, 10).await.unwrap(), "0123456789");

@@ -43,11 +43,15 @@ enum Part {
 
 impl<W: Write> GzipStream<W> {
     pub fn new(inner: W) -> Self {
+        Self::with_buffer(inner, INFLATE_BUFFER)
+    }
+
+    fn with_buffer(inner: W, buffer: usize) -> Self {
         Self {
             inner,
             part: Part::Header,
             inflate: Decompress::new(false),
-            buffer: vec![0; INFLATE_BUFFER].into_boxed_slice(),
+            buffer: vec![0; buffer].into_boxed_slice(),
             crc: crc32fast::Hasher::new(),
             length: 0,
             gathered: Vec::new(),
@@ -239,7 +243,10 @@ mod tests {
     use super::*;
 
     fn decode(bytes: &[u8], chunk: usize) -> io::Result<Vec<u8>> {
-        let mut stream = GzipStream::new(Vec::new());
+        decode_into(GzipStream::new(Vec::new()), bytes, chunk)
+    }
+
+    fn decode_into(mut stream: GzipStream<Vec<u8>>, bytes: &[u8], chunk: usize) -> io::Result<Vec<u8>> {
         for piece in bytes.chunks(chunk.max(1)) {
             stream.write_all(piece)?;
         }
@@ -278,6 +285,16 @@ mod tests {
             for chunk in [1, 9, 4096, gz.len()] {
                 assert_eq!(decode(gz, chunk).unwrap(), data, "chunks of {chunk}");
             }
+        }
+    }
+
+    #[test]
+    fn output_held_back_when_the_input_runs_out_is_still_inflated() {
+        // With a small buffer, the last bytes of input inflate to several buffers of zeros.
+        let data = [noise(1000), vec![b'0'; 100_000]].concat();
+        let gz = gzip_with(GzBuilder::new(), &data);
+        for chunk in [gz.len(), 100] {
+            assert_eq!(decode_into(GzipStream::with_buffer(Vec::new(), 64), &gz, chunk).unwrap(), data);
         }
     }
 
