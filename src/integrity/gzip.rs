@@ -23,9 +23,8 @@ pub struct GzipStream<W> {
     part: Part,
     inflate: Decompress,
     buffer: Box<[u8]>,
+    /// The member's CRC-32, and its inflated length (`total_len`).
     crc: crc32fast::Hasher,
-    /// The member's inflated length modulo 2^32, as the trailer stores it.
-    length: u32,
     /// Header or trailer bytes split across chunks.
     gathered: Vec<u8>,
     members: u64,
@@ -53,7 +52,6 @@ impl<W: Write> GzipStream<W> {
             inflate: Decompress::new(false),
             buffer: vec![0; buffer].into_boxed_slice(),
             crc: crc32fast::Hasher::new(),
-            length: 0,
             gathered: Vec::new(),
             members: 0,
             damaged: None,
@@ -114,7 +112,6 @@ impl<W: Write> GzipStream<W> {
             used += (self.inflate.total_in() - read) as usize;
             let out = &self.buffer[..(self.inflate.total_out() - written) as usize];
             self.crc.update(out);
-            self.length = self.length.wrapping_add(out.len() as u32);
             self.inner.write_all(out)?;
             if status == Status::StreamEnd {
                 self.part = Part::Trailer;
@@ -143,15 +140,16 @@ impl<W: Write> GzipStream<W> {
         let field = |at: usize| u32::from_le_bytes(self.gathered[at..at + 4].try_into().expect("4 bytes"));
         let (crc, length) = (field(0), field(4));
         let computed = self.crc.clone().finalize();
+        // The trailer keeps the length modulo 2^32.
+        let inflated = self.crc.total_len() as u32;
         if crc != computed {
             return Err(format!(
                 "the gzip trailer's CRC-32 is {crc:08x} but the data's is {computed:08x}: the file is damaged"
             ));
         }
-        if length != self.length {
+        if length != inflated {
             return Err(format!(
-                "the gzip trailer says {length} bytes (mod 2^32) but {} were inflated",
-                self.length
+                "the gzip trailer says {length} bytes (mod 2^32) but {inflated} were inflated"
             ));
         }
         Ok(())
@@ -162,7 +160,6 @@ impl<W: Write> GzipStream<W> {
         self.part = Part::Header;
         self.gathered.clear();
         self.crc.reset();
-        self.length = 0;
         self.inflate.reset(false);
     }
 }
@@ -198,16 +195,10 @@ fn header_length(bytes: &[u8], members: u64) -> io::Result<Option<usize>> {
         0 => invalid(format!("not gzip: {why}")),
         _ => invalid(format!("bytes after the last gzip member are not gzip: {why}")),
     };
-    for (at, expected) in [(0, 0x1f), (1, 0x8b)] {
-        match bytes.get(at) {
-            None => return Ok(None),
-            Some(&byte) if byte != expected => return Err(not_gzip("no gzip magic bytes")),
-            Some(_) => {}
-        }
+    if !b"\x1f\x8b".starts_with(&bytes[..bytes.len().min(2)]) {
+        return Err(not_gzip("no gzip magic bytes"));
     }
-    let Some(&[method, flags]) = bytes.get(2..4).map(|b| <&[u8; 2]>::try_from(b).expect("2 bytes")) else {
-        return Ok(None);
-    };
+    let (Some(&method), Some(&flags)) = (bytes.get(2), bytes.get(3)) else { return Ok(None) };
     if method != 8 || flags & RESERVED != 0 {
         return Err(not_gzip("an unknown compression method or reserved flags"));
     }
