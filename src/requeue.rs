@@ -331,6 +331,9 @@ mod tests {
             let delay = poll_delay(&POLICY, attempt, None).as_secs_f64();
             assert!(delay <= full as f64 && delay >= full as f64 * 0.8, "attempt {attempt}: {delay}");
         }
+        // 96 to 120 s in whole seconds: twenty exports started together do not all wait alike.
+        let spread: std::collections::HashSet<_> = (0..20).map(|_| poll_delay(&POLICY, 3, None)).collect();
+        assert!(spread.len() > 1, "{spread:?}");
     }
 
     #[test]
@@ -345,6 +348,24 @@ mod tests {
         // 20 % to 60 % in 40 s: 1 % a second, and 39.5 % left from the middle of the 60th.
         let left = estimate(Some(seen(20, t0)), Some(seen(60, t0 + secs(40)))).unwrap();
         assert_eq!(left, Duration::from_millis(39_500));
+        // 1 % in ten days: 975 days left, said as the 30 days any delay is far below.
+        let crawl = estimate(Some(seen(1, t0)), Some(seen(2, t0 + secs(864_000)))).unwrap();
+        assert_eq!(crawl, Duration::from_secs(30 * 86_400));
+    }
+
+    /// What the `requeued` log line says: which schedule, why not the estimate, the time left.
+    #[test]
+    fn the_basis_names_its_schedule_its_reason_and_the_time_left() {
+        let estimate = Basis::Estimate(Duration::from_secs_f64(296.25));
+        assert_eq!(
+            (estimate.schedule(), estimate.fallback(), estimate.estimate_seconds()),
+            ("estimate", None, Some(297))
+        );
+        let doubling = Basis::Doubling(Fallback::Stuck);
+        assert_eq!(
+            (doubling.schedule(), doubling.fallback().map(Fallback::as_str), doubling.estimate_seconds()),
+            ("doubling", Some("stuck"), None)
+        );
     }
 
     #[test]

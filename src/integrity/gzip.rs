@@ -202,10 +202,11 @@ fn header_length(bytes: &[u8], members: u64) -> io::Result<Option<usize>> {
     if method != 8 || flags & RESERVED != 0 {
         return Err(not_gzip("an unknown compression method or reserved flags"));
     }
+    // The fixed part is 10 bytes; the extra field, if any, comes first, after a 2-byte length.
     let mut at = 10;
     if flags & FEXTRA != 0 {
-        let Some(extra) = bytes.get(at..at + 2) else { return Ok(None) };
-        at += 2 + usize::from(u16::from_le_bytes([extra[0], extra[1]]));
+        let Some(&[low, high]) = bytes.get(10..12) else { return Ok(None) };
+        at = 12 + usize::from(u16::from_le_bytes([low, high]));
     }
     for flag in [FNAME, FCOMMENT] {
         if flags & flag != 0 {
@@ -272,7 +273,9 @@ mod tests {
             GzBuilder::new().filename("export.csv").comment("c").extra(vec![1, 2, 3]).operating_system(3),
             &data,
         );
-        for gz in [&plain, &fields] {
+        // With nothing after it, a misread extra field's length would shift where the deflate data starts.
+        let extra_only = gzip_with(GzBuilder::new().extra(vec![1, 2, 3]), &data);
+        for gz in [&plain, &fields, &extra_only] {
             for chunk in [1, 9, 4096, gz.len()] {
                 assert_eq!(decode(gz, chunk).unwrap(), data, "chunks of {chunk}");
             }
@@ -321,13 +324,21 @@ mod tests {
         assert!(at(gz.len() - 8).unwrap_err().to_string().contains("CRC-32"), "trailer CRC");
         assert!(at(gz.len() - 2).unwrap_err().to_string().contains("mod 2^32"), "trailer length");
         assert!(at(gz.len() / 2).is_err(), "deflate data");
-        assert!(at(0).unwrap_err().to_string().contains("not gzip"), "magic");
+        assert!(at(0).unwrap_err().to_string().starts_with("not gzip:"), "magic");
         assert!(at(2).is_err(), "method");
         for cut in [gz.len() - 1, gz.len() - 8, gz.len() / 2, 5] {
             let error = decode(&gz[..cut], 4096).unwrap_err();
             assert!(error.to_string().contains("truncated"), "cut at {cut}: {error}");
         }
         assert!(decode(b"", 1).unwrap_err().to_string().contains("empty"));
+    }
+
+    #[test]
+    fn a_flush_reaches_the_writer_inside() {
+        let mut stream = GzipStream::new(io::BufWriter::new(Vec::new()));
+        stream.write_all(&gzip_with(GzBuilder::new(), b"id\n1\n")).unwrap();
+        stream.flush().unwrap();
+        assert_eq!(stream.inner.get_ref(), b"id\n1\n");
     }
 
     #[test]
