@@ -207,10 +207,6 @@ impl Event {
         }
     }
 
-    pub fn webhook_id(&self) -> String {
-        self.kind.webhook_id(&self.data.export.export_id)
-    }
-
     /// The exact bytes to store and send. A body over `MAX_BODY_WITH_LINKS` loses its presigned
     /// links, which a consumer can do without by reading `data.manifest`.
     pub fn render(mut self) -> Vec<u8> {

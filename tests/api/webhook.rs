@@ -127,6 +127,18 @@ async fn a_429_is_retried_after_its_retry_after() {
 }
 
 #[tokio::test]
+async fn every_try_at_a_failing_endpoint_is_counted_where_the_alarms_look() {
+    let app = spawn_app().await;
+    let id = app.completed(vec![FileSpec::csv("a.csv.gz", 1, 10)]);
+    app.receiver.answer_next(&[503, 503, 503]);
+
+    assert_eq!(app.deliver(&[&id]).await, vec!["m0"], "retried by SQS");
+    assert_eq!(app.webhooks().len(), 3, "the quick retries");
+    assert_eq!(app.metric_sum("WebhookAttempts"), 3.0);
+    assert_eq!(app.metric_sum("WebhookFailures"), 1.0);
+}
+
+#[tokio::test]
 async fn a_stalled_endpoint_times_out_and_the_record_is_retried() {
     let app =
         spawn_app_with(Setup { env: vec![("WEBHOOK_TIMEOUT_SECONDS", "1".into())], ..Default::default() })
