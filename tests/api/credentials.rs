@@ -53,10 +53,11 @@ async fn a_key_rotated_while_warm_is_read_again_and_the_next_record_relays() {
 }
 
 #[tokio::test]
-async fn a_key_that_stays_refused_fails_the_record_for_a_retry_instead_of_dead_lettering_it() {
+async fn a_key_that_stays_refused_fails_the_record_for_a_retry_and_is_read_again_once_a_minute() {
     let app = spawn_app().await;
-    let (relay, _, _) = relay_with_key_in_secrets_manager(&app).await;
-    app.sim.rotate_key("dm_sk_live_someone_elses");
+    let (relay, secrets, arn) = relay_with_key_in_secrets_manager(&app).await;
+    let rotated = "dm_sk_live_someone_elses";
+    app.sim.rotate_key(rotated);
     let running = app.completed(vec![FileSpec::csv("a.csv.gz", 1, 10)]);
 
     let failed = failures(&relay, &running).await;
@@ -64,4 +65,12 @@ async fn a_key_that_stays_refused_fails_the_record_for_a_retry_instead_of_dead_l
     assert_eq!(failed, vec![serde_json::json!({"itemIdentifier": "m0"})], "SQS delivers it again");
     assert!(app.receive(&app.dlq_url, std::time::Duration::ZERO).await.is_empty(), "not set aside");
     assert!(app.webhooks().is_empty(), "nothing announced: the export is not known to have failed");
+
+    // The secret was just read; within the minute a refused key is not read again, so a wrong
+    // key costs one secret read a minute, not one per record.
+    secrets.put_secret_value().secret_id(&arn).secret_string(rotated).send().await.unwrap();
+    assert_eq!(failures(&relay, &running).await.len(), 1, "still refused: the new key is not read yet");
+    let statuses: Vec<u16> =
+        app.sim.seen_matching(&format!("/v1/exports/{running}")).iter().map(|s| s.status).collect();
+    assert_eq!(statuses, vec![401, 401], "one request each, with the key read a moment ago");
 }

@@ -202,7 +202,11 @@ async fn broken_api_answers_get_a_clear_error_and_write_nothing() {
     }
     assert!(app.webhooks().is_empty());
 
-    // The same answer, unbroken, copies: so each case above was stopped by its parse.
+    // The same answer, unbroken and padded to exactly the cap, copies: so each case above was
+    // stopped by its parse, and the cap is no smaller than 16 MiB.
+    let unbroken = data(json!({}));
+    let at_cap = format!("{unbroken}{}", " ".repeat(16 * 1024 * 1024 - unbroken.len()));
+    app.sim.push_faults(&[json_answer(at_cap)]);
     assert!(app.deliver(&[&id]).await.is_empty());
     assert_eq!(app.sim.seen_matching("/files/").len(), 1);
 }
