@@ -470,6 +470,10 @@ mod tests {
             let err = parse_export(&case).unwrap_err();
             assert!(matches!(err, ApiError::InvalidResponse(_)), "{err}");
         }
+        let most = vec![json!({"filename": "a", "url": "https://h/a", "size": 1}); MAX_FILES];
+        let export =
+            parse_export(&body(json!({"export_id": "x", "status": "completed", "download_urls": most})));
+        assert_eq!(export.unwrap().download_urls.unwrap().len(), MAX_FILES, "as many files as allowed");
     }
 
     #[test]
@@ -478,8 +482,10 @@ mod tests {
         let err = error_for(StatusCode::NOT_FOUND, body, RateInfo::default());
         assert!(err.is_permanent() && err.is_unreadable_export());
         assert!(err.to_string().contains("request_id=req_1"), "{err}");
-        let err = error_for(StatusCode::BAD_GATEWAY, b"<html>", RateInfo::default());
+        // A body not in DealMachine's error shape, such as a proxy's page, is kept for the log.
+        let err = error_for(StatusCode::BAD_GATEWAY, b"<html>Bad gateway</html>", RateInfo::default());
         assert!(!err.is_permanent());
+        assert!(err.to_string().contains("message=<html>Bad gateway</html>"), "{err}");
         assert!(
             !error_for(StatusCode::UNAUTHORIZED, b"", RateInfo::default()).is_permanent(),
             "a key mid-rotation"
