@@ -84,11 +84,39 @@ MUTANTS_FILES ?= src/deadletter.rs src/http.rs src/requeue.rs 'src/integrity/*.r
 MUTANTS_TARGETS ?= --lib --test=api
 MUTANTS_TESTS ?=
 MUTANTS_OUT ?= target/mutants-out
+# Two mutants at once, each in its own build directory: the tests mostly wait on loopback, so this
+# nearly halves a run on 2 cores. A mutant that makes a loop endless is stopped at the timeout.
+MUTANTS_ARGS ?= --jobs 2 --timeout 120
+
+# One module at a time, with the tests that exercise it: `make mutants-notify` reruns a row of
+# docs/RELIABILITY.md's mutation table.
+mutants-http: MUTANTS_FILES = src/http.rs src/deadletter.rs
+mutants-http: MUTANTS_TESTS = http:: batch:: hardening:: redrive::
+mutants-integrity: MUTANTS_FILES = 'src/integrity/*.rs'
+mutants-integrity: MUTANTS_TESTS = integrity:: delivery:: resume:: copy::
+mutants-requeue: MUTANTS_FILES = src/requeue.rs
+mutants-requeue: MUTANTS_TARGETS = --lib --test=properties --test=api
+mutants-requeue: MUTANTS_TESTS = requeue:: poll_delays poll:: timing::
+mutants-notify: MUTANTS_FILES = src/notify.rs
+mutants-notify: MUTANTS_TESTS = notify:: webhook:: outcomes:: replay:: contract:: a_direct_invoke
+mutants-dealmachine: MUTANTS_FILES = src/dealmachine.rs
+mutants-dealmachine: MUTANTS_TESTS = dealmachine:: contract:: credentials:: poll:: outcomes:: hardening:: sweep::
+mutants-transfer: MUTANTS_FILES = 'src/transfer/*.rs'
+mutants-transfer: MUTANTS_TESTS = transfer:: delivery:: resume:: copy:: hardening:: at_least_once:: http2:: \
+	contract:: presigned
+mutants-manifest: MUTANTS_FILES = src/manifest.rs
+mutants-manifest: MUTANTS_TESTS = manifest:: at_least_once:: resume:: replay:: sweep:: contract:: delivery:: \
+	redrive:: webhook::
+MUTANTS_MODULES := http integrity requeue notify dealmachine transfer manifest
+.PHONY: $(addprefix mutants-,$(MUTANTS_MODULES))
+$(addprefix mutants-,$(MUTANTS_MODULES)): mutants-%:
+	$(MAKE) mutants MUTANTS_FILES="$(MUTANTS_FILES)" MUTANTS_TARGETS="$(MUTANTS_TARGETS)" \
+		MUTANTS_TESTS="$(MUTANTS_TESTS)" MUTANTS_OUT=target/mutants-$*
 
 .bench-tools/bin/cargo-mutants:
 	cargo install --locked cargo-mutants@$(MUTANTS_VERSION) --root .bench-tools
 
-mutants: venv .bench-tools/bin/cargo-mutants ## Mutation testing of the fault handling against moto (hours; not in CI)
+mutants: venv .bench-tools/bin/cargo-mutants ## Mutation testing of the fault handling against moto (hours; not in CI); mutants-<module> runs one
 	CONSUMER_PYTHON=$(CURDIR)/$(VENV)/bin/python3 scripts/with-moto.sh .bench-tools/bin/cargo-mutants mutants \
 		--baseline=run --no-shuffle --profile mutants $(foreach f,$(MUTANTS_FILES),--file $(f)) \
 		$(foreach t,$(MUTANTS_TARGETS),--cargo-arg=$(t)) --output $(MUTANTS_OUT) $(MUTANTS_ARGS) \

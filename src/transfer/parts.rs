@@ -186,6 +186,8 @@ mod tests {
         assert_eq!(parts(&[10], 10, 5).await.unwrap(), vec![5, 5]);
         assert_eq!(parts(&[4], 4, 5).await.unwrap(), vec![4]);
         assert_eq!(parts(&[], 0, 5).await.unwrap(), vec![0]);
+        // An empty chunk (an HTTP/2 data frame may be one) right after a full part ends nothing.
+        assert_eq!(parts(&[5, 0, 5], 10, 5).await.unwrap(), vec![5, 5]);
     }
 
     #[tokio::test]
@@ -198,5 +200,50 @@ mod tests {
             parts(&[5, 3], 9, 5).await,
             Err(TransferError::SizeMismatch { expected: 9, got: 8 })
         ));
+    }
+
+    /// An uploaded part of `capacity` bytes, handed back to `pool`.
+    fn give_back(pool: &PartBuffers, capacity: usize) -> *const u8 {
+        let mut part = BytesMut::with_capacity(capacity);
+        part.resize(capacity, 7);
+        let at = part.as_ptr();
+        pool.give_back(part.freeze());
+        at
+    }
+
+    fn kept(pool: &PartBuffers) -> usize {
+        pool.free.lock().unwrap().len()
+    }
+
+    #[test]
+    fn a_part_buffer_is_used_again_and_the_pool_keeps_one_per_slot() {
+        let pool = PartBuffers::new(1024, 1);
+        let at = give_back(&pool, 1024);
+        let again = pool.take();
+        assert_eq!(
+            (again.as_ptr(), again.len(), again.capacity()),
+            (at, 0, 1024),
+            "the same memory, emptied"
+        );
+        assert!(pool.take().capacity() >= 1024, "a new one when none is free");
+
+        give_back(&pool, 1024);
+        give_back(&pool, 1024);
+        assert_eq!(kept(&pool), 1, "no more than the pool's slots");
+    }
+
+    #[test]
+    fn a_part_that_grew_or_is_still_shared_is_let_go() {
+        let pool = PartBuffers::new(1024, 4);
+        give_back(&pool, 1500);
+        assert_eq!(kept(&pool), 1, "a little over the part size, as an allocator rounds, is kept");
+        give_back(&pool, 2048);
+        assert_eq!(kept(&pool), 1, "a part that had to grow is let go");
+        let shared = Bytes::from(vec![7; 1024]);
+        pool.give_back(shared.clone());
+        assert_eq!(kept(&pool), 1, "still held by another owner");
+        let small = PartBuffers::new(1024, 1);
+        give_back(&small, 512);
+        assert!(small.take().capacity() >= 1024, "a buffer smaller than a part is not handed out");
     }
 }

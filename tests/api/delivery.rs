@@ -18,6 +18,27 @@ fn big(name: &str, seed: u64) -> FileSpec {
 }
 
 #[tokio::test]
+async fn no_more_parts_are_in_flight_than_the_setting_allows() {
+    let app =
+        spawn_app_with(Setup { env: vec![("PARTS_IN_FLIGHT", "2".into())], ..Default::default() }).await;
+    let file =
+        FileSpec { content: CsvGz { seed: 1, rows: 250_000, level: 0 }, ..FileSpec::csv("big.csv.gz", 1, 0) };
+    let id = app.completed(vec![file]);
+    assert!(app.sim.files(&id)[0].1.size > 4 * PART as u64, "five parts or more");
+    // S3 answers each part slowly, so the parts a relay would send at once pile up at the proxy.
+    let (proxy, url) = FaultyS3::holding_parts(Duration::from_millis(300)).await;
+
+    let response = relay_through(&app, &url).await.handle(sqs_event(&[&id]), Deadline::NONE).await.unwrap();
+
+    assert_eq!(response["batchItemFailures"], json!([]));
+    assert_eq!(proxy.peak_parts_in_flight(), 2, "as many as PARTS_IN_FLIGHT, and never more");
+    assert_eq!(
+        app.object(&app.key(&id, "big.csv.gz")).await.unwrap().0.len() as u64,
+        app.sim.files(&id)[0].1.size
+    );
+}
+
+#[tokio::test]
 async fn the_manifest_is_written_last_and_names_every_checked_file() {
     let app = spawn_app().await;
     let id = app.completed(vec![big("big.csv.gz", 1), FileSpec::csv("small.csv.gz", 2, 250)]);

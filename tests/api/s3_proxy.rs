@@ -3,6 +3,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -32,6 +33,11 @@ pub struct FaultyS3 {
     sent: Arc<Mutex<Vec<(String, HeaderMap)>>>,
     /// The status answered to each manifest write, and the manifest sent.
     manifest_puts: Arc<Mutex<Vec<(u16, serde_json::Value)>>>,
+    /// How long each UploadPart is held before it goes on to moto, so parts pile up.
+    part_hold: Duration,
+    /// UploadPart requests not answered yet, and the most there were at once.
+    parts_in_flight: Arc<AtomicUsize>,
+    peak_parts_in_flight: Arc<AtomicUsize>,
 }
 
 /// A message the relay sent to SQS, as SQS was asked to take it.
@@ -59,7 +65,16 @@ impl FaultyS3 {
         Self::listen(Arc::new(fail), Arc::new(|_: &Method, _: &str| None)).await
     }
 
+    /// A proxy that holds each UploadPart for `hold` before passing it on.
+    pub async fn holding_parts(hold: Duration) -> (Self, String) {
+        Self::listen_holding(Arc::new(|_: &str| false), Arc::new(|_: &Method, _: &str| None), hold).await
+    }
+
     async fn listen(fail: Arc<FailWhen>, rule: Arc<Rule>) -> (Self, String) {
+        Self::listen_holding(fail, rule, Duration::ZERO).await
+    }
+
+    async fn listen_holding(fail: Arc<FailWhen>, rule: Arc<Rule>, part_hold: Duration) -> (Self, String) {
         let proxy = Self {
             moto: std::env::var("AWS_ENDPOINT_URL").unwrap(),
             http: reqwest::Client::new(),
@@ -70,6 +85,9 @@ impl FaultyS3 {
             copies: Arc::default(),
             sent: Arc::default(),
             manifest_puts: Arc::default(),
+            part_hold,
+            parts_in_flight: Arc::default(),
+            peak_parts_in_flight: Arc::default(),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
@@ -133,6 +151,11 @@ impl FaultyS3 {
             .collect()
     }
 
+    /// The most UploadPart requests that were waiting for their answer at once.
+    pub fn peak_parts_in_flight(&self) -> usize {
+        self.peak_parts_in_flight.load(Ordering::SeqCst)
+    }
+
     /// CopyObject and UploadPartCopy calls made: the requests naming an `x-amz-copy-source`.
     pub fn copies(&self) -> usize {
         self.copies.load(Ordering::SeqCst)
@@ -191,7 +214,15 @@ async fn forward(
             request = request.header(name, value);
         }
     }
+    if upload_part {
+        let now = proxy.parts_in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        proxy.peak_parts_in_flight.fetch_max(now, Ordering::SeqCst);
+        tokio::time::sleep(proxy.part_hold).await;
+    }
     let answer = request.send().await.unwrap();
+    if upload_part {
+        proxy.parts_in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
     let status = answer.status();
     if let Some(manifest) = manifest {
         proxy.manifest_puts.lock().unwrap().push((status.as_u16(), manifest));
