@@ -414,4 +414,12 @@ mod tests {
         assert_eq!(budget.restart(), None);
         assert_eq!((budget.resumes(), budget.restarts()), (2, 1));
     }
+
+    /// The reason in "the download broke off at byte N of M (reason)".
+    #[test]
+    fn a_break_says_why_the_bytes_stopped() {
+        assert_eq!(Break::EndedEarly.to_string(), "the body ended early");
+        let refused = Break::Status(StatusCode::SERVICE_UNAVAILABLE).to_string();
+        assert_eq!(refused, "the resume was answered 503 Service Unavailable");
+    }
 }
