@@ -128,6 +128,34 @@ async fn a_reset_a_short_body_and_a_stall_each_resume() {
 }
 
 #[tokio::test]
+async fn a_resume_answered_503_or_429_is_tried_again_from_the_same_byte() {
+    let app = spawn_app().await;
+    let cut = 100_000;
+    let files = vec![
+        FileSpec::csv("busy.csv.gz", 28, 20_000).with_fault(DownloadFault::CloseThenStatus(cut, 503)),
+        FileSpec::csv("limited.csv.gz", 29, 20_000).with_fault(DownloadFault::CloseThenStatus(cut, 429)),
+    ];
+    let id = app.completed(files);
+
+    let report = app.invoke(json!({"export_id": id})).await;
+    assert_eq!(report["outcome"], "completed", "{report}");
+
+    let gets = downloads(&app);
+    for (index, name) in ["busy.csv.gz", "limited.csv.gz"].iter().enumerate() {
+        let of_file: Vec<Seen> =
+            gets.iter().filter(|g| g.path.ends_with(&format!("/{index}"))).cloned().collect();
+        let ranges: Vec<Option<&str>> = of_file.iter().map(|g| g.header("range")).collect();
+        assert_eq!(ranges.len(), 3, "{name}: the first GET and two resumes");
+        assert!(ranges[0].is_none(), "{name}");
+        assert!(
+            ranges[1].is_some() && ranges[2] == ranges[1],
+            "{name}: resumed again, not from byte 0: {ranges:?}"
+        );
+        assert_landed(&app, &id, name).await;
+    }
+}
+
+#[tokio::test]
 async fn drops_on_every_request_stop_at_the_bound_and_leave_nothing() {
     let app =
         spawn_app_with(Setup { env: vec![("DOWNLOAD_MAX_RESUMES", "2".into())], ..Default::default() }).await;

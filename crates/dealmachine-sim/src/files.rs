@@ -52,6 +52,9 @@ pub enum DownloadFault {
     /// Send this many bytes and close; meanwhile the object is overwritten (same size, other
     /// bytes) and gets a new generation. Happens on the first request only.
     ReplacedAfter(u64),
+    /// Close after this many bytes on the first request, answer this status to the second
+    /// (the resume), and serve the rest: a host having a bad moment just when asked to resume.
+    CloseThenStatus(u64, u16),
 }
 
 /// How `x-goog-hash` is laid out. GCS sends one header with both values or one header per
@@ -127,10 +130,16 @@ impl SimFile {
         self.requests += 1;
         let replaced_before =
             matches!(self.spec.fault, Some(DownloadFault::ReplacedAfter(_))) && self.requests > 1;
-        let fault = self
-            .spec
-            .fault
-            .filter(|_| !replaced_before && self.spec.fault_times.is_none_or(|n| self.requests <= n));
+        let fault = match self.spec.fault {
+            Some(DownloadFault::CloseThenStatus(after, status)) => match self.requests {
+                1 => Some(DownloadFault::CloseAfter(after)),
+                2 => Some(DownloadFault::Status(status)),
+                _ => None,
+            },
+            fault => {
+                fault.filter(|_| !replaced_before && self.spec.fault_times.is_none_or(|n| self.requests <= n))
+            }
+        };
         let object = Object {
             spec: self.spec.clone(),
             measured: self.measured.clone(),
