@@ -128,12 +128,12 @@ async fn a_reset_a_short_body_and_a_stall_each_resume() {
 }
 
 #[tokio::test]
-async fn a_resume_answered_503_or_429_is_tried_again_from_the_same_byte() {
+async fn a_resume_answered_503_or_429_is_tried_again_from_the_same_byte_after_a_growing_pause() {
     let app = spawn_app().await;
     let cut = 100_000;
     let files = vec![
-        FileSpec::csv("busy.csv.gz", 28, 20_000).with_fault(DownloadFault::CloseThenStatus(cut, 503)),
-        FileSpec::csv("limited.csv.gz", 29, 20_000).with_fault(DownloadFault::CloseThenStatus(cut, 429)),
+        FileSpec::csv("busy.csv.gz", 28, 20_000).with_fault(DownloadFault::CloseThenStatus(cut, 503, 2)),
+        FileSpec::csv("limited.csv.gz", 29, 20_000).with_fault(DownloadFault::CloseThenStatus(cut, 429, 1)),
     ];
     let id = app.completed(files);
 
@@ -141,18 +141,22 @@ async fn a_resume_answered_503_or_429_is_tried_again_from_the_same_byte() {
     assert_eq!(report["outcome"], "completed", "{report}");
 
     let gets = downloads(&app);
-    for (index, name) in ["busy.csv.gz", "limited.csv.gz"].iter().enumerate() {
+    for (index, (name, refused)) in [("busy.csv.gz", 2), ("limited.csv.gz", 1)].into_iter().enumerate() {
         let of_file: Vec<Seen> =
             gets.iter().filter(|g| g.path.ends_with(&format!("/{index}"))).cloned().collect();
         let ranges: Vec<Option<&str>> = of_file.iter().map(|g| g.header("range")).collect();
-        assert_eq!(ranges.len(), 3, "{name}: the first GET and two resumes");
+        assert_eq!(ranges.len(), 2 + refused, "{name}: the first GET, the refused resumes, the one served");
         assert!(ranges[0].is_none(), "{name}");
         assert!(
-            ranges[1].is_some() && ranges[2] == ranges[1],
-            "{name}: resumed again, not from byte 0: {ranges:?}"
+            ranges[1..].iter().all(|r| r.is_some() && *r == ranges[1]),
+            "{name}: not from byte 0: {ranges:?}"
         );
         assert_landed(&app, &id, name).await;
     }
+    // The pause after the n-th refused resume is n times 200 ms.
+    let busy: Vec<&Seen> = gets.iter().filter(|g| g.path.ends_with("/0")).collect();
+    let second_pause = busy[3].at - busy[2].at;
+    assert!(second_pause >= Duration::from_millis(400), "{second_pause:?}");
 }
 
 #[tokio::test]

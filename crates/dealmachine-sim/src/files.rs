@@ -52,9 +52,10 @@ pub enum DownloadFault {
     /// Send this many bytes and close; meanwhile the object is overwritten (same size, other
     /// bytes) and gets a new generation. Happens on the first request only.
     ReplacedAfter(u64),
-    /// Close after this many bytes on the first request, answer this status to the second
-    /// (the resume), and serve the rest: a host having a bad moment just when asked to resume.
-    CloseThenStatus(u64, u16),
+    /// Close after this many bytes on the first request, answer this status to the next this
+    /// many (the resumes), and serve the rest: a host having a bad moment just when asked to
+    /// resume.
+    CloseThenStatus(u64, u16, u32),
 }
 
 /// How `x-goog-hash` is laid out. GCS sends one header with both values or one header per
@@ -131,9 +132,9 @@ impl SimFile {
         let replaced_before =
             matches!(self.spec.fault, Some(DownloadFault::ReplacedAfter(_))) && self.requests > 1;
         let fault = match self.spec.fault {
-            Some(DownloadFault::CloseThenStatus(after, status)) => match self.requests {
+            Some(DownloadFault::CloseThenStatus(after, status, times)) => match self.requests {
                 1 => Some(DownloadFault::CloseAfter(after)),
-                2 => Some(DownloadFault::Status(status)),
+                n if n <= 1 + times => Some(DownloadFault::Status(status)),
                 _ => None,
             },
             fault => {
