@@ -160,6 +160,24 @@ async fn a_resume_answered_503_or_429_is_tried_again_from_the_same_byte_after_a_
 }
 
 #[tokio::test]
+async fn a_resume_answered_from_another_byte_starts_the_file_again() {
+    let app = spawn_app().await;
+    let cut = 100_000;
+    let id = app.completed(vec![
+        FileSpec::csv("shifted.csv.gz", 30, 20_000).with_fault(DownloadFault::CloseThenShiftedRange(cut)),
+    ]);
+
+    let report = app.invoke(json!({"export_id": id})).await;
+    assert_eq!(report["outcome"], "completed", "{report}");
+
+    let ranges: Vec<Option<String>> =
+        downloads(&app).iter().map(|g| g.header("range").map(str::to_string)).collect();
+    assert_eq!(ranges.len(), 3, "the first GET, the resume, the GET from byte 0: {ranges:?}");
+    assert!(ranges[1].is_some() && ranges[2].is_none(), "{ranges:?}");
+    assert_landed(&app, &id, "shifted.csv.gz").await;
+}
+
+#[tokio::test]
 async fn drops_on_every_request_stop_at_the_bound_and_leave_nothing() {
     let app =
         spawn_app_with(Setup { env: vec![("DOWNLOAD_MAX_RESUMES", "2".into())], ..Default::default() }).await;

@@ -56,6 +56,9 @@ pub enum DownloadFault {
     /// many (the resumes), and serve the rest: a host having a bad moment just when asked to
     /// resume.
     CloseThenStatus(u64, u16, u32),
+    /// Close after this many bytes on the first request, then answer a `Range` request from one
+    /// byte before the one asked for (saying so in `Content-Range`), as a broken proxy might.
+    CloseThenShiftedRange(u64),
 }
 
 /// How `x-goog-hash` is laid out. GCS sends one header with both values or one header per
@@ -132,6 +135,9 @@ impl SimFile {
         let replaced_before =
             matches!(self.spec.fault, Some(DownloadFault::ReplacedAfter(_))) && self.requests > 1;
         let fault = match self.spec.fault {
+            Some(DownloadFault::CloseThenShiftedRange(after)) if self.requests == 1 => {
+                Some(DownloadFault::CloseAfter(after))
+            }
             Some(DownloadFault::CloseThenStatus(after, status, times)) => match self.requests {
                 1 => Some(DownloadFault::CloseAfter(after)),
                 n if n <= 1 + times => Some(DownloadFault::Status(status)),
@@ -254,7 +260,11 @@ impl Object {
         let range = ask
             .range
             .filter(|_| !transcoded && !self.spec.ignores_range)
-            .map(|(start, end)| (start, end.unwrap_or(u64::MAX).min(size.saturating_sub(1))));
+            .map(|(start, end)| (start, end.unwrap_or(u64::MAX).min(size.saturating_sub(1))))
+            .map(|(start, end)| match self.fault {
+                Some(DownloadFault::CloseThenShiftedRange(_)) => (start.saturating_sub(1), end),
+                _ => (start, end),
+            });
         if range.is_some_and(|(start, _)| start >= size) {
             let mut refused = StatusCode::RANGE_NOT_SATISFIABLE.into_response();
             refused.headers_mut().insert(
