@@ -260,3 +260,16 @@ pub(super) struct Landed {
 fn version(version_id: Option<String>) -> Option<String> {
     version_id.filter(|v| !v.is_empty() && v != "null")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::version;
+
+    #[test]
+    fn an_unversioned_buckets_null_or_empty_version_is_no_version() {
+        assert_eq!(version(Some("null".into())), None);
+        assert_eq!(version(Some(String::new())), None);
+        assert_eq!(version(None), None);
+        assert_eq!(version(Some("3HL4kqtJlcpXroDTDmJ".into())).as_deref(), Some("3HL4kqtJlcpXroDTDmJ"));
+    }
+}
