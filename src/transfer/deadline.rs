@@ -52,11 +52,18 @@ impl Deadline {
         }
         Ok(())
     }
-}
 
-/// How fast a copy has gone so far, for the deadline check.
-pub(super) fn rate(bytes: u64, since: Instant) -> f64 {
-    bytes as f64 / since.elapsed().as_secs_f64().max(1e-3)
+    /// Fails if the rest of a file, `expected - received` bytes, would not arrive in time at the
+    /// pace the copy has kept since `started`: checked before each part and each resume.
+    pub(super) fn check_rest(
+        self,
+        expected: u64,
+        received: u64,
+        started: Instant,
+    ) -> Result<(), TransferError> {
+        let rate = received as f64 / started.elapsed().as_secs_f64().max(1e-3);
+        self.check(expected.saturating_sub(received), Some(rate))
+    }
 }
 
 #[cfg(test)]
@@ -70,5 +77,16 @@ mod tests {
         assert!((58..=60).contains(&left(Deadline::from_lambda(in_a_minute.as_millis() as u64))));
         assert!((598..=600).contains(&left(Deadline::from_lambda(600_000))));
         assert!(Deadline::from_lambda(1_000_000_000_000).check(0, None).is_err(), "a deadline in the past");
+    }
+
+    #[test]
+    fn the_rest_of_a_file_is_timed_at_the_pace_so_far() {
+        // 10,000 bytes in 10 s: 1,000 a second, with 100 s left after Lambda's margin.
+        let deadline = Deadline::at(Instant::now() + Deadline::MARGIN + Duration::from_secs(100));
+        let started = Instant::now() - Duration::from_secs(10);
+        assert!(deadline.check_rest(100_000, 10_000, started).is_ok(), "90,000 bytes left: 90 s");
+        assert!(deadline.check_rest(120_000, 10_000, started).is_err(), "110,000 bytes left: 110 s");
+        assert!(deadline.check_rest(1_000_000, 10_000, started).is_err(), "990 s");
+        assert!(Deadline::NONE.check_rest(1_000_000, 10_000, started).is_ok(), "no deadline");
     }
 }

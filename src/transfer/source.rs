@@ -19,7 +19,7 @@ use reqwest::{Response, StatusCode};
 use url::Url;
 
 use super::TransferError;
-use super::deadline::{self, Deadline};
+use super::deadline::Deadline;
 use crate::integrity::Announced;
 use crate::metrics::Metrics;
 
@@ -176,8 +176,7 @@ impl Download {
                     reason: broke.to_string(),
                 });
             };
-            self.deadline
-                .check(self.expected - self.received, Some(deadline::rate(self.received, self.started)))?;
+            self.deadline.check_rest(self.expected, self.received, self.started)?;
             tracing::warn!(offset = self.received, resume, reason = %broke, "download broke off; resuming from the first byte not received");
             self.metrics.download_resumed();
             let sent = self

@@ -28,7 +28,7 @@ use futures::Stream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::JoinSet;
 
-use super::deadline::{self, Deadline};
+use super::deadline::Deadline;
 use super::parts::PartReader;
 use super::{Destination, Transfer, TransferError};
 use crate::integrity::Inspection;
@@ -150,7 +150,7 @@ impl Transfer {
             if body.finished() {
                 break;
             }
-            deadline.check(body.expected - body.received, Some(deadline::rate(body.received, started)))?;
+            deadline.check_rest(body.expected, body.received, started)?;
             slot = self.slot(body.part_size()).await;
             bytes = body.next_part().await?;
         }
