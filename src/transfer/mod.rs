@@ -39,9 +39,10 @@ pub const DEFAULT_MAX_RESUMES: u32 = 5;
 /// A first request that failed outright waits this long, times its number, before the next.
 const RESTART_BACKOFF: Duration = Duration::from_millis(100);
 const MIB: u64 = 1024 * 1024;
-/// S3 takes at most this many parts in one upload, each at most 5 GiB.
+/// S3 takes at most this many parts in one upload, and objects of at most 5 TiB: so parts never
+/// need more than 525 MiB, within S3's 5 GiB.
 const MAX_PARTS: u64 = 10_000;
-const MAX_PART_SIZE: u64 = 5 * 1024 * MIB;
+const MAX_OBJECT_SIZE: u64 = 5 * 1024 * 1024 * MIB;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TransferError {
@@ -157,12 +158,11 @@ impl From<InspectionError> for TransferError {
 /// The configured part size, or more for a file that would need over 10,000 parts (S3's limit),
 /// in whole MiB: worked out before the first byte, not found out at part 10,001.
 fn part_size_for(size: u64, configured: usize) -> Result<usize, TransferError> {
-    let needed = size.div_ceil(MAX_PARTS).div_ceil(MIB) * MIB;
-    let part_size = needed.max(configured as u64);
-    if part_size > MAX_PART_SIZE {
+    if size > MAX_OBJECT_SIZE {
         return Err(TransferError::TooLarge(size));
     }
-    Ok(part_size as usize)
+    let needed = size.div_ceil(MAX_PARTS).div_ceil(MIB) * MIB;
+    Ok(needed.max(configured as u64) as usize)
 }
 
 fn mib(bytes: usize) -> u32 {
@@ -399,10 +399,16 @@ mod tests {
         let eight = 8 * MIB as usize;
         assert_eq!(part_size_for(0, eight).unwrap(), eight);
         assert_eq!(part_size_for(78 * 1024 * MIB, eight).unwrap(), eight, "78 GiB fits in 8 MiB parts");
-        let bigger = part_size_for(100 * 1024 * MIB, eight).unwrap() as u64;
-        assert_eq!(bigger, 11 * MIB, "100 GiB needs 10.24 MiB parts, rounded up to whole MiB");
-        assert!((100 * 1024 * MIB).div_ceil(bigger) <= MAX_PARTS);
-        assert!(part_size_for(5 * 1024 * 1024 * MIB, eight).is_ok(), "5 TiB, S3's largest object");
-        assert!(matches!(part_size_for(49 * 1024 * 1024 * MIB, eight), Err(TransferError::TooLarge(_))));
+        let bigger = part_size_for(107_374_182_400, eight).unwrap() as u64;
+        assert_eq!(bigger, 11_534_336, "100 GiB needs 10.24 MiB parts, rounded up to whole MiB");
+        assert!(107_374_182_400u64.div_ceil(bigger) <= MAX_PARTS);
+        let five_tib = 5_497_558_138_880;
+        assert_eq!(part_size_for(five_tib, eight).unwrap(), 525 * MIB as usize, "S3's largest object");
+        for too_large in [five_tib + 1, 49 * five_tib / 5] {
+            assert!(
+                matches!(part_size_for(too_large, eight), Err(TransferError::TooLarge(_))),
+                "{too_large}"
+            );
+        }
     }
 }

@@ -175,6 +175,8 @@ async fn a_resume_answered_from_another_byte_starts_the_file_again() {
     assert_eq!(ranges.len(), 3, "the first GET, the resume, the GET from byte 0: {ranges:?}");
     assert!(ranges[1].is_some() && ranges[2].is_none(), "{ranges:?}");
     assert_landed(&app, &id, "shifted.csv.gz").await;
+    let counted = (app.metric_sum("DownloadResumes"), app.metric_sum("DownloadRestarts"));
+    assert_eq!(counted, (1.0, 1.0), "counted where the dashboards look");
 }
 
 #[tokio::test]
