@@ -132,8 +132,13 @@ async fn a_resume_answered_503_or_429_is_tried_again_from_the_same_byte_after_a_
     let app = spawn_app().await;
     let cut = 100_000;
     let files = vec![
-        FileSpec::csv("busy.csv.gz", 28, 20_000).with_fault(DownloadFault::CloseThenStatus(cut, 503, 2)),
-        FileSpec::csv("limited.csv.gz", 29, 20_000).with_fault(DownloadFault::CloseThenStatus(cut, 429, 1)),
+        FileSpec::csv("busy.csv.gz", 28, 20_000).with_faults_in_turn(&[
+            DownloadFault::CloseAfter(cut),
+            DownloadFault::Status(503),
+            DownloadFault::Status(503),
+        ]),
+        FileSpec::csv("limited.csv.gz", 29, 20_000)
+            .with_faults_in_turn(&[DownloadFault::CloseAfter(cut), DownloadFault::Status(429)]),
     ];
     let id = app.completed(files);
 
@@ -164,7 +169,8 @@ async fn a_resume_answered_from_another_byte_starts_the_file_again() {
     let app = spawn_app().await;
     let cut = 100_000;
     let id = app.completed(vec![
-        FileSpec::csv("shifted.csv.gz", 30, 20_000).with_fault(DownloadFault::CloseThenShiftedRange(cut)),
+        FileSpec::csv("shifted.csv.gz", 30, 20_000)
+            .with_faults_in_turn(&[DownloadFault::CloseAfter(cut), DownloadFault::ShiftedRange]),
     ]);
 
     let report = app.invoke(json!({"export_id": id})).await;

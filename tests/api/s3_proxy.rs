@@ -58,23 +58,19 @@ impl FaultyS3 {
     pub async fn answering(
         rule: impl Fn(&Method, &str) -> Option<(StatusCode, &'static str)> + Send + Sync + 'static,
     ) -> (Self, String) {
-        Self::listen(Arc::new(|_: &str| false), Arc::new(rule)).await
+        Self::listen(Arc::new(|_: &str| false), Arc::new(rule), Duration::ZERO).await
     }
 
     pub async fn start(fail: impl Fn(&str) -> bool + Send + Sync + 'static) -> (Self, String) {
-        Self::listen(Arc::new(fail), Arc::new(|_: &Method, _: &str| None)).await
+        Self::listen(Arc::new(fail), Arc::new(|_: &Method, _: &str| None), Duration::ZERO).await
     }
 
     /// A proxy that holds each UploadPart for `hold` before passing it on.
     pub async fn holding_parts(hold: Duration) -> (Self, String) {
-        Self::listen_holding(Arc::new(|_: &str| false), Arc::new(|_: &Method, _: &str| None), hold).await
+        Self::listen(Arc::new(|_: &str| false), Arc::new(|_: &Method, _: &str| None), hold).await
     }
 
-    async fn listen(fail: Arc<FailWhen>, rule: Arc<Rule>) -> (Self, String) {
-        Self::listen_holding(fail, rule, Duration::ZERO).await
-    }
-
-    async fn listen_holding(fail: Arc<FailWhen>, rule: Arc<Rule>, part_hold: Duration) -> (Self, String) {
+    async fn listen(fail: Arc<FailWhen>, rule: Arc<Rule>, part_hold: Duration) -> (Self, String) {
         let proxy = Self {
             moto: std::env::var("AWS_ENDPOINT_URL").unwrap(),
             http: reqwest::Client::new(),

@@ -52,13 +52,9 @@ pub enum DownloadFault {
     /// Send this many bytes and close; meanwhile the object is overwritten (same size, other
     /// bytes) and gets a new generation. Happens on the first request only.
     ReplacedAfter(u64),
-    /// Close after this many bytes on the first request, answer this status to the next this
-    /// many (the resumes), and serve the rest: a host having a bad moment just when asked to
-    /// resume.
-    CloseThenStatus(u64, u16, u32),
-    /// Close after this many bytes on the first request, then answer a `Range` request from one
-    /// byte before the one asked for (saying so in `Content-Range`), as a broken proxy might.
-    CloseThenShiftedRange(u64),
+    /// Answer a `Range` request from one byte before the one asked for (saying so in
+    /// `Content-Range`), as a broken proxy might.
+    ShiftedRange,
 }
 
 /// How `x-goog-hash` is laid out. GCS sends one header with both values or one header per
@@ -86,6 +82,8 @@ pub struct FileSpec {
     pub hash_header: HashHeader,
     /// Answers `Range` requests with `200` and the whole object, as some proxies do.
     pub ignores_range: bool,
+    /// One fault per request in turn, then none; when set, `fault` is not used.
+    pub faults_in_turn: Vec<DownloadFault>,
 }
 
 impl FileSpec {
@@ -98,6 +96,7 @@ impl FileSpec {
             stored_gzip: false,
             hash_header: HashHeader::default(),
             ignores_range: false,
+            faults_in_turn: Vec::new(),
         }
     }
 
@@ -109,6 +108,12 @@ impl FileSpec {
     /// Limits the fault to the first request.
     pub fn once(self) -> Self {
         Self { fault_times: Some(1), ..self }
+    }
+
+    /// This file, with the first request getting the first of `faults`, the second the next,
+    /// and so on: a host that misbehaves differently when asked to resume.
+    pub fn with_faults_in_turn(self, faults: &[DownloadFault]) -> Self {
+        Self { faults_in_turn: faults.to_vec(), ..self }
     }
 }
 
@@ -134,18 +139,12 @@ impl SimFile {
         self.requests += 1;
         let replaced_before =
             matches!(self.spec.fault, Some(DownloadFault::ReplacedAfter(_))) && self.requests > 1;
-        let fault = match self.spec.fault {
-            Some(DownloadFault::CloseThenShiftedRange(after)) if self.requests == 1 => {
-                Some(DownloadFault::CloseAfter(after))
-            }
-            Some(DownloadFault::CloseThenStatus(after, status, times)) => match self.requests {
-                1 => Some(DownloadFault::CloseAfter(after)),
-                n if n <= 1 + times => Some(DownloadFault::Status(status)),
-                _ => None,
-            },
-            fault => {
-                fault.filter(|_| !replaced_before && self.spec.fault_times.is_none_or(|n| self.requests <= n))
-            }
+        let fault = match self.spec.faults_in_turn.as_slice() {
+            [] => self
+                .spec
+                .fault
+                .filter(|_| !replaced_before && self.spec.fault_times.is_none_or(|n| self.requests <= n)),
+            in_turn => in_turn.get(self.requests as usize - 1).copied(),
         };
         let object = Object {
             spec: self.spec.clone(),
@@ -262,7 +261,7 @@ impl Object {
             .filter(|_| !transcoded && !self.spec.ignores_range)
             .map(|(start, end)| (start, end.unwrap_or(u64::MAX).min(size.saturating_sub(1))))
             .map(|(start, end)| match self.fault {
-                Some(DownloadFault::CloseThenShiftedRange(_)) => (start.saturating_sub(1), end),
+                Some(DownloadFault::ShiftedRange) => (start.saturating_sub(1), end),
                 _ => (start, end),
             });
         if range.is_some_and(|(start, _)| start >= size) {
