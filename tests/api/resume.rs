@@ -165,6 +165,45 @@ async fn a_resume_answered_503_or_429_is_tried_again_from_the_same_byte_after_a_
 }
 
 #[tokio::test]
+async fn a_resume_closed_without_an_answer_is_tried_again_after_a_growing_pause() {
+    let app = spawn_app().await;
+    let id = app.completed(vec![FileSpec::csv("unanswered.csv.gz", 31, 20_000).with_faults_in_turn(&[
+        DownloadFault::CloseAfter(100_000),
+        DownloadFault::NoAnswer,
+        DownloadFault::NoAnswer,
+    ])]);
+
+    let report = app.invoke(json!({"export_id": id})).await;
+    assert_eq!(report["outcome"], "completed", "{report}");
+
+    let gets = downloads(&app);
+    assert_eq!(gets.iter().map(|g| g.status).collect::<Vec<_>>(), [200, 0, 0, 206], "0: no answer");
+    let ranges = ranges(&gets);
+    assert!(ranges[1..].iter().all(|r| r.is_some() && *r == ranges[1]), "not from byte 0: {ranges:?}");
+    assert_landed(&app, &id, "unanswered.csv.gz").await;
+    // The pause after the n-th unanswered resume is n times 200 ms.
+    let second_pause = gets[3].at - gets[2].at;
+    assert!(second_pause >= Duration::from_millis(400), "{second_pause:?}");
+}
+
+#[tokio::test]
+async fn a_first_request_closed_without_an_answer_is_sent_again() {
+    let app = spawn_app().await;
+    let id = app.completed(vec![
+        FileSpec::csv("unanswered.csv.gz", 32, 20_000).with_faults_in_turn(&[DownloadFault::NoAnswer]),
+    ]);
+
+    let report = app.invoke(json!({"export_id": id})).await;
+    assert_eq!(report["outcome"], "completed", "{report}");
+
+    let gets = downloads(&app);
+    assert_eq!(gets.iter().map(|g| g.status).collect::<Vec<_>>(), [0, 200], "0: no answer");
+    assert_eq!(ranges(&gets), [None, None], "both from byte 0");
+    assert_landed(&app, &id, "unanswered.csv.gz").await;
+    assert_eq!(app.metric_sum("DownloadRestarts"), 1.0);
+}
+
+#[tokio::test]
 async fn a_resume_answered_from_another_byte_starts_the_file_again() {
     let app = spawn_app().await;
     let cut = 100_000;

@@ -341,6 +341,7 @@ pub struct Seen {
     pub headers: HeaderMap,
     /// The HTTP version of a download request (API requests leave it unset).
     pub version: Option<Version>,
+    /// 0 when the connection was closed without an answer.
     pub status: u16,
 }
 
@@ -539,7 +540,7 @@ impl Shared {
     }
 
     fn record(&self, method: &str, path: String, headers: &HeaderMap, status: StatusCode) {
-        self.record_version(method, path, headers, None, status);
+        self.record_version(method, path, headers, None, Some(status));
     }
 
     fn record_version(
@@ -548,7 +549,7 @@ impl Shared {
         path: String,
         headers: &HeaderMap,
         version: Option<Version>,
-        status: StatusCode,
+        status: Option<StatusCode>,
     ) {
         let seen = Seen {
             at: std::time::Instant::now(),
@@ -556,7 +557,7 @@ impl Shared {
             path,
             headers: headers.clone(),
             version,
-            status: status.as_u16(),
+            status: status.map_or(0, |s| s.as_u16()),
         };
         self.inner.lock().unwrap().seen.push(seen);
     }
@@ -801,9 +802,16 @@ async fn download(
     let response = match object {
         _ if !valid => (StatusCode::FORBIDDEN, "<Error><Code>AccessDenied</Code><Message>Request has expired or the signature does not match.</Message></Error>").into_response(),
         None => (StatusCode::NOT_FOUND, "no such file").into_response(),
+        Some(object) if !object.answers() => {
+            shared.record_version("GET", path, &headers, Some(version), None);
+            // A handler cannot close its connection, but unwinding the connection's task does,
+            // before a byte of the answer is written. resume_unwind skips the panic hook, so the
+            // test output stays quiet.
+            std::panic::resume_unwind(Box::new("simulated: closed without an answer"))
+        }
         Some(object) => object.respond(&headers, uri.path_and_query().map_or("", |p| p.as_str())),
     };
-    shared.record_version("GET", path, &headers, Some(version), response.status());
+    shared.record_version("GET", path, &headers, Some(version), Some(response.status()));
     response
 }
 

@@ -55,6 +55,9 @@ pub enum DownloadFault {
     /// Answer a `Range` request from one byte before the one asked for (saying so in
     /// `Content-Range`), as a broken proxy might.
     ShiftedRange,
+    /// Read the request, then close the connection without a status line, as a host that
+    /// restarts or a load balancer that gives up does.
+    NoAnswer,
 }
 
 /// How `x-goog-hash` is laid out. GCS sends one header with both values or one header per
@@ -215,6 +218,11 @@ impl Ask {
 }
 
 impl Object {
+    /// False when this request's connection is to be closed without an answer.
+    pub fn answers(&self) -> bool {
+        self.fault != Some(DownloadFault::NoAnswer)
+    }
+
     fn etag(&self) -> String {
         let md5 = BASE64.decode(&self.measured.md5).expect("our own base64");
         format!("\"{}\"", md5.iter().map(|b| format!("{b:02x}")).collect::<String>())

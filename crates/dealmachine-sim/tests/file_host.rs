@@ -2,7 +2,7 @@
 //! something: checksum headers, ranges, preconditions on the generation, and transcoding.
 
 use dealmachine_sim::content::Measured;
-use dealmachine_sim::{ExportSpec, FileSpec, SimOptions, Simulator};
+use dealmachine_sim::{DownloadFault, ExportSpec, FileSpec, SimOptions, Simulator};
 use reqwest::StatusCode;
 
 /// A simulator's file host with one object, its signed URL, and what the object holds.
@@ -75,4 +75,16 @@ async fn an_object_stored_gzip_encoded_is_transcoded_unless_gzip_is_accepted() {
     let csv = transcoded.bytes().await.unwrap();
     assert!(csv.starts_with(b"property_id,"));
     assert_ne!(csv.len() as u64, stored.size);
+}
+
+#[tokio::test]
+async fn a_request_given_no_answer_sees_its_connection_close_and_the_next_is_served() {
+    let spec = FileSpec::csv("a.csv.gz", 4, 500).with_faults_in_turn(&[DownloadFault::NoAnswer]);
+    let (sim, url, _) = host_with(spec).await;
+    let http = reqwest::Client::new();
+    let first = http.get(&url).send().await.expect_err("no status line");
+    assert!(!first.is_timeout() && first.status().is_none(), "{first:?}");
+    assert_eq!(http.get(&url).send().await.unwrap().status(), StatusCode::OK);
+    let statuses: Vec<u16> = sim.seen_matching("/files/").iter().map(|s| s.status).collect();
+    assert_eq!(statuses, [0, 200], "recorded, the first as given no answer");
 }
