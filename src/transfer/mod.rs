@@ -105,16 +105,12 @@ impl TransferError {
 
     /// How long to wait before starting the file again from byte 0, if that can help: what was
     /// received cannot be continued or trusted, or the first request failed in a way a moment
-    /// may cure (the connection, a 5xx or a 429).
+    /// may cure (the connection, or a status Google calls transient).
     fn restart_pause(&self) -> Option<Duration> {
         match self {
             Self::Restart(_) | Self::ChecksumMismatch { .. } => Some(Duration::ZERO),
             Self::Download(_) => Some(RESTART_BACKOFF),
-            Self::SourceStatus(status)
-                if status.is_server_error() || *status == StatusCode::TOO_MANY_REQUESTS =>
-            {
-                Some(RESTART_BACKOFF)
-            }
+            Self::SourceStatus(status) if source::transient(*status) => Some(RESTART_BACKOFF),
             _ => None,
         }
     }

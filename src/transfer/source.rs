@@ -212,7 +212,7 @@ impl Download {
                         response.status()
                     )));
                 }
-                status if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS => {
+                status if transient(status) => {
                     broke = Break::Status(status);
                     tokio::time::sleep(RESUME_BACKOFF * resume).await;
                 }
@@ -322,6 +322,14 @@ pub(super) fn client(
         [] => builder.build(),
         roots => builder.tls_certs_merge(roots.iter().cloned()).build(),
     }
+}
+
+/// The statuses Google's retry strategy calls transient (408, 429 and 5xx): a moment may cure them.
+/// <https://cloud.google.com/storage/docs/retry-strategy>
+pub(super) fn transient(status: StatusCode) -> bool {
+    status.is_server_error()
+        || status == StatusCode::TOO_MANY_REQUESTS
+        || status == StatusCode::REQUEST_TIMEOUT
 }
 
 /// A refusal by the file host: the link's own failure (expired, revoked, or signed with a key

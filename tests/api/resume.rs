@@ -204,6 +204,33 @@ async fn a_first_request_closed_without_an_answer_is_sent_again() {
 }
 
 #[tokio::test]
+async fn a_first_get_answered_408_429_or_5xx_is_sent_again_and_another_refusal_is_not() {
+    let app = spawn_app().await;
+    let transient = [408, 429, 500, 503];
+    let once = |(seed, code): (u64, u16)| {
+        FileSpec::csv(&format!("{code}.csv.gz"), seed, 5_000)
+            .with_faults_in_turn(&[DownloadFault::Status(code)])
+    };
+    let passing = app
+        .completed(transient.into_iter().enumerate().map(|(i, code)| once((40 + i as u64, code))).collect());
+    let conflict =
+        app.completed(vec![FileSpec::csv("409.csv.gz", 45, 5_000).with_fault(DownloadFault::Status(409))]);
+
+    let report = app.invoke(json!({"export_id": passing})).await;
+    assert_eq!(report["outcome"], "completed", "{report}");
+    for (index, code) in transient.into_iter().enumerate() {
+        let gets = app.sim.seen_matching(&format!("/files/{passing}/{index}"));
+        assert_eq!(gets.iter().map(|g| g.status).collect::<Vec<_>>(), [code, 200], "sent again after {code}");
+        assert_landed(&app, &passing, &format!("{code}.csv.gz")).await;
+    }
+
+    let (_, failures) = relay_recorded(&app, &conflict).await;
+    assert_eq!(failures, vec![json!({"itemIdentifier": "m0"})], "left to SQS's retry");
+    let gets = app.sim.seen_matching(&format!("/files/{conflict}/0"));
+    assert_eq!(gets.iter().map(|g| g.status).collect::<Vec<_>>(), [409], "not sent again in the invocation");
+}
+
+#[tokio::test]
 async fn a_resume_answered_from_another_byte_starts_the_file_again() {
     let app = spawn_app().await;
     let cut = 100_000;
