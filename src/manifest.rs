@@ -579,7 +579,11 @@ mod tests {
         let claimed = chain(4, ChainState::Claimed, "m3", 10);
         assert!(claimed.lets_poll(3, "m3", now), "the claimer's own retry sends what it claimed");
         assert!(!claimed.lets_poll(3, "other", now), "another copy of attempt 3 leaves it to the claimer");
-        assert!(chain(4, ChainState::Claimed, "m3", 3600).lets_poll(3, "other", now), "an abandoned claim");
+        assert!(!chain(4, ChainState::Claimed, "m3", 14 * 60).lets_poll(3, "other", now), "within the lease");
+        assert!(
+            chain(4, ChainState::Claimed, "m3", 16 * 60).lets_poll(3, "other", now),
+            "an abandoned claim"
+        );
         assert!(!chain(5, ChainState::Claimed, "m3", 3600).lets_poll(3, "m3", now), "two steps behind");
         assert!(
             chain(9, ChainState::Ended, "m8", 10).lets_poll(1, "new", now),

@@ -385,3 +385,23 @@ async fn only_the_first_of_two_commits_wins() {
     let id = ExportId::parse(&export.export_id).unwrap();
     assert_eq!(ledger.committed(&id).await.unwrap(), Some(first));
 }
+
+#[tokio::test]
+async fn a_ledger_object_is_read_up_to_8_mib_and_refused_past_it() {
+    use export_relay::events::ExportId;
+    use export_relay::manifest::Ledger;
+    use export_relay::notify::EventType;
+
+    let app = spawn_app().await;
+    let ledger = Ledger::new(app.s3.clone(), app.bucket.clone(), app.config.prefix.clone());
+    let cap = 8 * 1024 * 1024;
+    let (at_cap, past_cap) =
+        (ExportId::parse("exp-at-cap").unwrap(), ExportId::parse("exp-past-cap").unwrap());
+    ledger.store_event(&at_cap, EventType::Completed, vec![b'x'; cap]).await.unwrap();
+    ledger.store_event(&past_cap, EventType::Completed, vec![b'x'; cap + 1]).await.unwrap();
+
+    let read = ledger.stored_event(&at_cap, EventType::Completed).await.unwrap();
+    assert_eq!(read.map(|bytes| bytes.len()), Some(cap));
+    let refused = ledger.stored_event(&past_cap, EventType::Completed).await.unwrap_err();
+    assert!(refused.to_string().contains("larger than 8 MiB"), "{refused}");
+}
