@@ -311,7 +311,7 @@ impl Ledger {
 
     /// True when a manifest is committed, without reading it.
     pub async fn is_committed(&self, id: &ExportId) -> Result<bool, LedgerError> {
-        self.exists(&self.manifest_key(id)).await.map(|modified| modified.is_some())
+        self.exists(&self.manifest_key(id)).await
     }
 
     /// Records a record's first receipt: a chain that is absent or ended is opened at the
@@ -348,15 +348,10 @@ impl Ledger {
         self.put_json(&self.sweep_cursor_key(), body).await
     }
 
-    /// When the object was last written, if it exists.
-    async fn exists(&self, key: &str) -> Result<Option<DateTime<Utc>>, LedgerError> {
+    async fn exists(&self, key: &str) -> Result<bool, LedgerError> {
         match self.s3.head_object().bucket(&self.bucket).key(key).send().await {
-            Ok(head) => Ok(Some(
-                head.last_modified()
-                    .and_then(|t| DateTime::from_timestamp(t.secs(), t.subsec_nanos()))
-                    .unwrap_or_else(Utc::now),
-            )),
-            Err(e) if e.as_service_error().is_some_and(|e| e.is_not_found()) => Ok(None),
+            Ok(_) => Ok(true),
+            Err(e) if e.as_service_error().is_some_and(|e| e.is_not_found()) => Ok(false),
             Err(e) => Err(s3_error("HeadObject", key, e)),
         }
     }
@@ -478,7 +473,7 @@ impl Ledger {
 
     /// True when this event's webhook was delivered before.
     pub async fn delivered(&self, id: &ExportId, event: EventType) -> Result<bool, LedgerError> {
-        self.exists(&self.marker_key(id, event)).await.map(|modified| modified.is_some())
+        self.exists(&self.marker_key(id, event)).await
     }
 
     /// Records that the event was delivered.
