@@ -440,7 +440,7 @@ impl Relay {
                 key = %done.key, bytes = done.size, parts = done.parts, seconds,
                 mib_per_s = done.size as f64 / 1_048_576.0 / seconds.max(1e-6),
                 sha256 = %done.inspection.sha256, rows = done.inspection.rows,
-                source_crc32c = ?done.source().crc32c, resumes = done.resumes, restarts = done.restarts,
+                source_crc32c = ?done.inspection.source.crc32c, resumes = done.resumes, restarts = done.restarts,
                 "file copied"
             );
             self.metrics.file_copied(done.size, seconds);

@@ -29,7 +29,7 @@ use self::parts::{PartBuffers, PartReader};
 pub use self::policy::{UrlPolicy, content_type, object_key};
 use self::source::{Download, Recoveries};
 use self::upload::Landed;
-use crate::integrity::{CorruptGzip, Inspection, InspectionError, Inspector, SourceChecksums};
+use crate::integrity::{CorruptGzip, Inspection, InspectionError, Inspector};
 use crate::metrics::Metrics;
 
 /// How long a download may send nothing before it is given up (and resumed).
@@ -204,13 +204,6 @@ pub struct Copied {
     /// Times the download continued after a break, and times it started again from byte 0.
     pub resumes: u32,
     pub restarts: u32,
-}
-
-impl Copied {
-    /// The host's checksums and how each was checked, for the manifest.
-    pub fn source(&self) -> &SourceChecksums {
-        &self.inspection.source
-    }
 }
 
 #[derive(Clone)]
@@ -389,6 +382,27 @@ impl Transfer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_part_that_grew_takes_a_slot_as_large_as_it_is() {
+        let s3 =
+            aws_sdk_s3::Client::from_conf(aws_sdk_s3::Config::builder().behavior_version_latest().build());
+        let policy = UrlPolicy { hosts: vec![], allow_insecure_http: false };
+        let five = 5 * MIB as usize;
+        let transfer = Transfer::new(s3, "bucket".into(), policy, five, 4).unwrap();
+        let free = || transfer.part_slots.available_permits();
+        assert_eq!(free(), 20, "four parts of 5 MiB");
+
+        let grown = transfer.slot(2 * five + 1).await;
+        assert_eq!(free(), 9, "a part of 10 MiB and a byte holds 11 MiB");
+        let huge = tokio::time::timeout(Duration::from_millis(50), transfer.slot(100 * MIB as usize));
+        assert!(huge.await.is_err(), "a part larger than every slot together waits for all of them");
+        drop(grown);
+        let huge = transfer.slot(100 * MIB as usize).await;
+        assert_eq!(free(), 0);
+        drop(huge);
+        assert_eq!(free(), 20, "all given back");
+    }
 
     #[test]
     fn parts_grow_so_that_no_file_needs_more_than_ten_thousand() {
