@@ -8,12 +8,14 @@ use std::time::{Duration, Instant};
 
 use axum::http::{Method, StatusCode};
 use dealmachine_sim::{CsvGz, DownloadFault, ExportSpec, FileSpec, Status};
+use export_relay::events::ExportId;
+use export_relay::manifest::{Chain, ChainState};
 use export_relay::startup;
 use export_relay::transfer::Deadline;
 use serde_json::{Value, json};
 
 use crate::helpers::{Setup, TestApp, spawn_app_with, sqs_event};
-use crate::s3_proxy::{FaultyS3, relay_through};
+use crate::s3_proxy::{FaultyS3, ledger_through, relay_through};
 
 /// Polls that stay on the queue, delayed, for the whole test.
 fn slow_polls() -> Setup {
@@ -172,6 +174,50 @@ async fn a_409_on_the_manifest_write_is_retried_and_the_commit_lands() {
     assert_eq!(proxy.count("PUT", "manifest.json"), 2, "tried again after the 409");
     assert!(app.manifest(&id).await.is_some());
     assert_eq!(app.webhooks()[0].body["type"], "export.completed");
+}
+
+fn chain(attempt: u32, by: &str) -> Chain {
+    Chain { attempt, state: ChainState::Sent, by: by.into(), at: chrono::Utc::now() }
+}
+
+#[tokio::test]
+async fn a_409_on_a_chain_move_is_retried_not_read_as_another_records_move() {
+    let app = spawn_app_with(Setup::default()).await;
+    let puts = Arc::new(AtomicUsize::new(0));
+    let (proxy, url) = FaultyS3::answering(move |method, path| {
+        let chain_put = *method == Method::PUT && path.ends_with("/.chain.json");
+        // The first move (If-None-Match) passes; the second (If-Match) is answered 409 once.
+        (chain_put && puts.fetch_add(1, Ordering::SeqCst) == 1).then_some((
+            StatusCode::CONFLICT,
+            "<Error><Code>ConditionalRequestConflict</Code><Message>A conflicting operation is in progress</Message></Error>",
+        ))
+    })
+    .await;
+    let ledger = ledger_through(&app, &url).await;
+    let id = ExportId::parse("exp-chain-409").unwrap();
+
+    let opened = ledger.move_chain(&id, None, chain(1, "m1")).await.unwrap().expect("opened");
+    let moved = ledger.move_chain(&id, Some(&opened), chain(2, "m2")).await.unwrap();
+
+    assert!(moved.is_some(), "this record moved the chain");
+    assert_eq!(proxy.injected.load(Ordering::SeqCst), 1);
+    let stored = ledger.chain(&id).await.unwrap().unwrap().value;
+    assert_eq!((stored.attempt, stored.by.as_str()), (2, "m2"));
+}
+
+#[tokio::test]
+async fn a_chain_deleted_between_its_read_and_its_move_is_not_written_again() {
+    let app = spawn_app_with(Setup::default()).await;
+    let ledger = app.ledger();
+    let id = ExportId::parse("exp-chain-gone").unwrap();
+    let opened = ledger.move_chain(&id, None, chain(1, "m1")).await.unwrap().expect("opened");
+    let key = format!("{}{id}/.chain.json", app.config.prefix);
+    app.s3.delete_object().bucket(&app.bucket).key(key).send().await.unwrap();
+
+    let moved = ledger.move_chain(&id, Some(&opened), chain(2, "m2")).await.unwrap();
+
+    assert!(moved.is_none(), "its condition failed (S3 answers NoSuchKey): not this record's move");
+    assert!(ledger.chain(&id).await.unwrap().is_none(), "nothing written");
 }
 
 #[tokio::test]

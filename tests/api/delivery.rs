@@ -371,10 +371,10 @@ async fn an_invocation_with_no_time_left_does_not_start_a_copy() {
 async fn only_the_first_of_two_commits_wins() {
     use export_relay::dealmachine::parse_export;
     use export_relay::events::ExportId;
-    use export_relay::manifest::{Ledger, Manifest};
+    use export_relay::manifest::Manifest;
 
     let app = spawn_app().await;
-    let ledger = Ledger::new(app.s3.clone(), app.bucket.clone(), app.config.prefix.clone());
+    let ledger = app.ledger();
     let export = parse_export(include_bytes!("../fixtures/get-export-completed.json")).unwrap();
     let first = Manifest::new(&export, vec![]);
     let mut second = Manifest::new(&export, vec![]);
@@ -389,11 +389,10 @@ async fn only_the_first_of_two_commits_wins() {
 #[tokio::test]
 async fn a_ledger_object_is_read_up_to_8_mib_and_refused_past_it() {
     use export_relay::events::ExportId;
-    use export_relay::manifest::Ledger;
     use export_relay::notify::EventType;
 
     let app = spawn_app().await;
-    let ledger = Ledger::new(app.s3.clone(), app.bucket.clone(), app.config.prefix.clone());
+    let ledger = app.ledger();
     let cap = 8 * 1024 * 1024;
     let (at_cap, past_cap) =
         (ExportId::parse("exp-at-cap").unwrap(), ExportId::parse("exp-past-cap").unwrap());

@@ -200,6 +200,11 @@ impl TestApp {
         self.relay.handle(event, Deadline::NONE).await.expect("invocation succeeds")
     }
 
+    /// The relay's ledger in the test's bucket, read and written directly.
+    pub fn ledger(&self) -> export_relay::manifest::Ledger {
+        export_relay::manifest::Ledger::new(self.s3.clone(), self.bucket.clone(), self.config.prefix.clone())
+    }
+
     pub async fn object(
         &self,
         key: &str,

@@ -9,6 +9,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
+use export_relay::manifest::Ledger;
 use export_relay::startup;
 
 type FailWhen = dyn Fn(&str) -> bool + Send + Sync;
@@ -243,11 +244,15 @@ impl aws_types::service_config::LoadServiceConfig for NoEnvironment {
 
 /// The relay, built to reach S3 (and SQS) through `proxy_url`.
 pub async fn relay_through(app: &crate::helpers::TestApp, proxy_url: &str) -> export_relay::handler::Relay {
-    let aws = startup::aws_config()
-        .await
-        .into_builder()
-        .service_config(NoEnvironment)
-        .endpoint_url(proxy_url)
-        .build();
-    startup::build_relay(&app.config, &aws).unwrap()
+    startup::build_relay(&app.config, &aws_through(proxy_url).await).unwrap()
+}
+
+/// The relay's ledger in the test's bucket, reached through `proxy_url`, as the relay builds it.
+pub async fn ledger_through(app: &crate::helpers::TestApp, proxy_url: &str) -> Ledger {
+    let s3 = aws_sdk_s3::config::Builder::from(&aws_through(proxy_url).await).force_path_style(true).build();
+    Ledger::new(aws_sdk_s3::Client::from_conf(s3), app.bucket.clone(), app.config.prefix.clone())
+}
+
+async fn aws_through(proxy_url: &str) -> aws_config::SdkConfig {
+    startup::aws_config().await.into_builder().service_config(NoEnvironment).endpoint_url(proxy_url).build()
 }

@@ -8,7 +8,7 @@ use chrono::Utc;
 use dealmachine_sim::{ApiFault, DownloadFault, ExportSpec, FileSpec, SimOptions, Status};
 use export_relay::dealmachine::parse_export;
 use export_relay::events::ExportId;
-use export_relay::manifest::{Chain, ChainState, Ledger, Manifest};
+use export_relay::manifest::{Chain, ChainState, Manifest};
 use serde_json::{Value, json};
 
 use crate::helpers::{Setup, TestApp, spawn_app, spawn_app_with};
@@ -62,17 +62,13 @@ fn fast_release(sim: SimOptions) -> Setup {
     Setup { sim: SimOptions { per_minute_limit: Some(1000), ..sim }, ..Default::default() }
 }
 
-fn ledger(app: &TestApp) -> Ledger {
-    Ledger::new(app.s3.clone(), app.bucket.clone(), app.config.prefix.clone())
-}
-
 fn id(raw: &str) -> ExportId {
     ExportId::parse(raw).unwrap()
 }
 
 /// Replaces an export's chain, as a record or an earlier sweep would have left it.
 async fn set_chain(app: &TestApp, export_id: &str, state: ChainState, age: chrono::Duration) {
-    let ledger = ledger(app);
+    let ledger = app.ledger();
     let read = ledger.chain(&id(export_id)).await.unwrap();
     let chain = Chain { attempt: 1, state, by: "m-upstream".into(), at: Utc::now() - age };
     ledger.move_chain(&id(export_id), read.as_ref(), chain).await.unwrap().expect("written");
@@ -100,7 +96,7 @@ async fn exports_of_every_kind_are_told_apart_and_each_enqueued_once(summary_lis
     let announced = add(&app, 5, &[Status::Failed], HOUR, WEEK);
     for export_id in &relayed {
         let body = json!({"data": {"export_id": export_id, "status": "completed"}}).to_string();
-        ledger(&app).commit(Manifest::new(&parse_export(body.as_bytes()).unwrap(), vec![])).await.unwrap();
+        app.ledger().commit(Manifest::new(&parse_export(body.as_bytes()).unwrap(), vec![])).await.unwrap();
     }
     for export_id in &pending[..10] {
         set_chain(&app, export_id, ChainState::Sent, chrono::Duration::zero()).await;
@@ -239,7 +235,7 @@ async fn max_exports_counts_only_what_was_enqueued_and_the_next_sweep_carries_on
     let unrelayed = add(&app, 20, &[Status::Completed], HOUR, WEEK);
     for export_id in &relayed {
         let body = json!({"data": {"export_id": export_id, "status": "completed"}}).to_string();
-        ledger(&app).commit(Manifest::new(&parse_export(body.as_bytes()).unwrap(), vec![])).await.unwrap();
+        app.ledger().commit(Manifest::new(&parse_export(body.as_bytes()).unwrap(), vec![])).await.unwrap();
     }
     let event = json!({"sweep": true, "max_exports": 12});
 
