@@ -77,6 +77,7 @@ mod tests {
         assert!((58..=60).contains(&left(Deadline::from_lambda(in_a_minute.as_millis() as u64))));
         assert!((598..=600).contains(&left(Deadline::from_lambda(600_000))));
         assert!(Deadline::from_lambda(1_000_000_000_000).check(0, None).is_err(), "a deadline in the past");
+        assert!(Deadline::from_lambda(978_307_200_000).check(0, None).is_err(), "2001-01-01 is a date");
     }
 
     #[test]

@@ -363,11 +363,7 @@ impl Transfer {
             Download::open(&self.http, url, expected_size, recoveries.clone(), timing, self.metrics.clone())
                 .await?;
         let inspector = Inspector::for_file(&destination.filename, announced);
-        // Parts that had to grow get buffers of their own; the pool keeps the usual size.
-        let buffers = match part_size == self.part_size {
-            true => self.part_buffers.clone(),
-            false => PartBuffers::new(part_size, 0),
-        };
+        let buffers = self.part_buffers.for_parts_of(part_size);
         let mut body = PartReader::new(download.into_stream(), expected_size, buffers, inspector);
         let first = body.next_part().await?;
         if body.finished() {

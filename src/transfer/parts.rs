@@ -26,6 +26,15 @@ impl PartBuffers {
         Self { free: Arc::default(), part_size, keep }
     }
 
+    /// The pool, for parts of its size. Parts that had to grow get buffers of their own, none
+    /// kept, so the pool holds the usual size only.
+    pub(super) fn for_parts_of(&self, part_size: usize) -> Self {
+        match part_size == self.part_size {
+            true => self.clone(),
+            false => Self::new(part_size, 0),
+        }
+    }
+
     /// An empty buffer for one part.
     fn take(&self) -> BytesMut {
         let reused = self.free.lock().expect("never poisoned").pop();
@@ -245,5 +254,14 @@ mod tests {
         let small = PartBuffers::new(1024, 1);
         give_back(&small, 512);
         assert!(small.take().capacity() >= 1024, "a buffer smaller than a part is not handed out");
+    }
+
+    #[test]
+    fn parts_that_grew_get_buffers_of_their_own() {
+        let pool = PartBuffers::new(1024, 4);
+        assert!(Arc::ptr_eq(&pool.for_parts_of(1024).free, &pool.free), "the usual size uses the pool");
+        let own = pool.for_parts_of(4096);
+        assert!(!Arc::ptr_eq(&own.free, &pool.free));
+        assert_eq!((own.part_size, own.keep), (4096, 0), "none kept");
     }
 }

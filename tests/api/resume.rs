@@ -187,20 +187,24 @@ async fn a_resume_closed_without_an_answer_is_tried_again_after_a_growing_pause(
 }
 
 #[tokio::test]
-async fn a_first_request_closed_without_an_answer_is_sent_again() {
+async fn a_first_request_closed_without_an_answer_is_sent_again_after_a_growing_pause() {
     let app = spawn_app().await;
     let id = app.completed(vec![
-        FileSpec::csv("unanswered.csv.gz", 32, 20_000).with_faults_in_turn(&[DownloadFault::NoAnswer]),
+        FileSpec::csv("unanswered.csv.gz", 32, 20_000)
+            .with_faults_in_turn(&[DownloadFault::NoAnswer, DownloadFault::NoAnswer]),
     ]);
 
     let report = app.invoke(json!({"export_id": id})).await;
     assert_eq!(report["outcome"], "completed", "{report}");
 
     let gets = downloads(&app);
-    assert_eq!(gets.iter().map(|g| g.status).collect::<Vec<_>>(), [0, 200], "0: no answer");
-    assert_eq!(ranges(&gets), [None, None], "both from byte 0");
+    assert_eq!(gets.iter().map(|g| g.status).collect::<Vec<_>>(), [0, 0, 200], "0: no answer");
+    assert_eq!(ranges(&gets), [None, None, None], "each from byte 0");
     assert_landed(&app, &id, "unanswered.csv.gz").await;
-    assert_eq!(app.metric_sum("DownloadRestarts"), 1.0);
+    assert_eq!(app.metric_sum("DownloadRestarts"), 2.0);
+    // The pause before the n-th restart is n times 100 ms.
+    let second_pause = gets[2].at - gets[1].at;
+    assert!(second_pause >= Duration::from_millis(200), "{second_pause:?}");
 }
 
 #[tokio::test]
