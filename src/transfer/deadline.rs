@@ -45,7 +45,8 @@ impl Deadline {
         };
         let left = deadline.saturating_duration_since(Instant::now()).saturating_sub(Self::MARGIN);
         let needed = rate
-            .filter(|r| *r > 0.0)
+            // No pace before the first byte: nothing to time the rest by.
+            .filter(|r| r.is_normal())
             .map_or(Duration::ZERO, |r| Duration::from_secs_f64(remaining as f64 / r));
         if left.is_zero() || needed > left {
             return Err(TransferError::OutOfTime { remaining, seconds_left: left.as_secs() });
@@ -89,5 +90,6 @@ mod tests {
         assert!(deadline.check_rest(120_000, 10_000, started).is_err(), "110,000 bytes left: 110 s");
         assert!(deadline.check_rest(1_000_000, 10_000, started).is_err(), "990 s");
         assert!(Deadline::NONE.check_rest(1_000_000, 10_000, started).is_ok(), "no deadline");
+        assert!(deadline.check_rest(1_000_000, 0, started).is_ok(), "no byte yet: no pace to judge by");
     }
 }
