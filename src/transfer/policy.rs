@@ -102,7 +102,7 @@ mod tests {
 
     #[test]
     fn keys_stay_inside_the_export_folder() {
-        let key = |name| object_key("p/", "e1", name);
+        let key = |name: &str| object_key("p/", "e1", name);
         assert_eq!(
             key("properties_export_2026-02-17.csv.gz").unwrap(),
             "p/e1/properties_export_2026-02-17.csv.gz"
@@ -116,6 +116,8 @@ mod tests {
         assert!(key("").is_err());
         assert!(key("..").is_err());
         assert!(key(&"a".repeat(201)).is_err());
+        let longest = "a".repeat(200);
+        assert_eq!(key(&longest).unwrap(), format!("p/e1/{longest}"), "200 bytes is kept");
     }
 
     #[test]
