@@ -574,7 +574,7 @@ mod tests {
         let claimed = chain(4, ChainState::Claimed, "m3", 10);
         assert!(claimed.lets_poll(3, "m3", now), "the claimer's own retry sends what it claimed");
         assert!(!claimed.lets_poll(3, "other", now), "another copy of attempt 3 leaves it to the claimer");
-        assert!(!chain(4, ChainState::Claimed, "m3", 14 * 60).lets_poll(3, "other", now), "within the lease");
+        assert!(!chain(4, ChainState::Claimed, "m3", 15 * 60).lets_poll(3, "other", now), "within the lease");
         assert!(
             chain(4, ChainState::Claimed, "m3", 16 * 60).lets_poll(3, "other", now),
             "an abandoned claim"
@@ -599,7 +599,8 @@ mod tests {
         assert!(chain(ChainState::Sent, 10).in_hand(now, lease));
         assert!(chain(ChainState::Claimed, 10).in_hand(now, lease));
         assert!(!chain(ChainState::Ended, 10).in_hand(now, lease), "the export's outcome ends it");
-        assert!(!chain(ChainState::Sent, 3601).in_hand(now, lease), "its message was lost");
+        assert!(chain(ChainState::Sent, 3599).in_hand(now, lease));
+        assert!(!chain(ChainState::Sent, 3600).in_hand(now, lease), "its message was lost");
     }
 
     #[test]
