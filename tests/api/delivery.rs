@@ -404,3 +404,34 @@ async fn a_ledger_object_is_read_up_to_8_mib_and_refused_past_it() {
     let refused = ledger.stored_event(&past_cap, EventType::Completed).await.unwrap_err();
     assert!(refused.to_string().contains("larger than 8 MiB"), "{refused}");
 }
+
+#[tokio::test]
+async fn each_exports_ledger_lies_in_its_own_folder_beside_its_files() {
+    let app = spawn_app().await;
+    let ids = [
+        app.completed(vec![FileSpec::csv("a.csv.gz", 16, 10)]),
+        app.completed(vec![FileSpec::csv("b.csv.gz", 17, 10)]),
+    ];
+    let bodies = ids.clone().map(|id| json!({"export_id": id, "metadata": {"crm": id}}).to_string());
+
+    assert!(app.deliver(&[&bodies[0], &bodies[1]]).await.is_empty());
+
+    let mut expected: Vec<String> = ids
+        .iter()
+        .zip(["a.csv.gz", "b.csv.gz"])
+        .flat_map(|(id, file)| {
+            [
+                file.to_string(),
+                "manifest.json".into(),
+                ".chain.json".into(),
+                ".receipt.json".into(),
+                format!(".files/{file}.json"),
+                ".events/export.completed.json".into(),
+                ".delivered/export.completed.json".into(),
+            ]
+            .map(|name| app.key(id, &name))
+        })
+        .collect();
+    expected.sort();
+    assert_eq!(app.keys().await, expected);
+}
