@@ -221,6 +221,40 @@ async fn a_chain_deleted_between_its_read_and_its_move_is_not_written_again() {
 }
 
 #[tokio::test]
+async fn a_receipt_keeps_an_open_chain_as_it_is_and_reopens_an_ended_one() {
+    let app = spawn_app_with(Setup::default()).await;
+    let ledger = app.ledger();
+    let id = ExportId::parse("exp-held").unwrap();
+    let stored = || async { ledger.chain(&id).await.unwrap().unwrap() };
+
+    ledger.hold(&id, None, 1, "m1").await.unwrap();
+    ledger.hold(&id, Some(stored().await), 3, "m9").await.unwrap();
+    let open = stored().await;
+    assert_eq!((open.value.attempt, open.value.by.as_str()), (1, "m1"), "an open chain is not overwritten");
+
+    let ended = Chain { state: ChainState::Ended, ..open.value.clone() };
+    ledger.move_chain(&id, Some(&open), ended).await.unwrap().expect("ended");
+    ledger.hold(&id, Some(stored().await), 1, "m10").await.unwrap();
+    let reopened = stored().await.value;
+    assert_eq!((reopened.state, reopened.by.as_str()), (ChainState::Sent, "m10"), "a new request reopens it");
+}
+
+#[tokio::test]
+async fn a_delivery_marker_that_cannot_be_read_fails_the_record_rather_than_send_twice() {
+    let app = spawn_app_with(Setup::default()).await;
+    let id = app.completed(vec![FileSpec::csv("a.csv.gz", 18, 10)]);
+    assert!(app.deliver(&[&id]).await.is_empty());
+    let (_proxy, url) = FaultyS3::answering(|method, path| {
+        (*method == Method::HEAD && path.contains("/.delivered/")).then_some((StatusCode::FORBIDDEN, ""))
+    })
+    .await;
+    let relay = relay_through(&app, &url).await;
+
+    assert_eq!(failures(&relay, record("m1", &id, 1)).await, vec![json!({"itemIdentifier": "m1"})]);
+    assert_eq!(app.webhooks().len(), 1, "not sent again");
+}
+
+#[tokio::test]
 async fn one_hanging_webhook_fails_only_its_record_and_the_invocation_answers_in_time() {
     let app =
         spawn_app_with(Setup { env: vec![("WEBHOOK_TIMEOUT_SECONDS", "300".into())], ..Default::default() })
