@@ -255,6 +255,22 @@ async fn a_delivery_marker_that_cannot_be_read_fails_the_record_rather_than_send
 }
 
 #[tokio::test]
+async fn a_ledger_object_s3_will_not_return_fails_the_record_rather_than_copy_again() {
+    let app = spawn_app_with(Setup::default()).await;
+    let id = app.completed(vec![FileSpec::csv("a.csv.gz", 19, 10)]);
+    assert!(app.deliver(&[&id]).await.is_empty());
+    let (proxy, url) = FaultyS3::answering(|method, path| {
+        (*method == Method::GET && path.ends_with(".json")).then_some((StatusCode::FORBIDDEN, ""))
+    })
+    .await;
+    let relay = relay_through(&app, &url).await;
+
+    assert_eq!(failures(&relay, record("m1", &id, 1)).await, vec![json!({"itemIdentifier": "m1"})]);
+    assert_eq!(proxy.writes_to(&app.key(&id, "a.csv.gz")), 0, "not copied again");
+    assert_eq!(app.webhooks().len(), 1, "not sent again");
+}
+
+#[tokio::test]
 async fn one_hanging_webhook_fails_only_its_record_and_the_invocation_answers_in_time() {
     let app =
         spawn_app_with(Setup { env: vec![("WEBHOOK_TIMEOUT_SECONDS", "300".into())], ..Default::default() })
