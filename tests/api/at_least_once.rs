@@ -240,34 +240,27 @@ async fn a_receipt_keeps_an_open_chain_as_it_is_and_reopens_an_ended_one() {
 }
 
 #[tokio::test]
-async fn a_delivery_marker_that_cannot_be_read_fails_the_record_rather_than_send_twice() {
-    let app = spawn_app_with(Setup::default()).await;
-    let id = app.completed(vec![FileSpec::csv("a.csv.gz", 18, 10)]);
-    assert!(app.deliver(&[&id]).await.is_empty());
-    let (_proxy, url) = FaultyS3::answering(|method, path| {
-        (*method == Method::HEAD && path.contains("/.delivered/")).then_some((StatusCode::FORBIDDEN, ""))
-    })
-    .await;
-    let relay = relay_through(&app, &url).await;
+async fn a_ledger_read_s3_refuses_fails_the_record_rather_than_copy_or_send_again() {
+    // The HEAD of the delivery marker refused, then every GET of a ledger object.
+    for (refused, ending) in [(Method::HEAD, "/.delivered/export.completed.json"), (Method::GET, ".json")] {
+        let app = spawn_app_with(Setup::default()).await;
+        let id = app.completed(vec![FileSpec::csv("a.csv.gz", 18, 10)]);
+        assert!(app.deliver(&[&id]).await.is_empty());
+        let case = format!("{refused} *{ending}");
+        let (proxy, url) = FaultyS3::answering(move |method, path| {
+            (*method == refused && path.ends_with(ending)).then_some((StatusCode::FORBIDDEN, ""))
+        })
+        .await;
+        let relay = relay_through(&app, &url).await;
 
-    assert_eq!(failures(&relay, record("m1", &id, 1)).await, vec![json!({"itemIdentifier": "m1"})]);
-    assert_eq!(app.webhooks().len(), 1, "not sent again");
-}
-
-#[tokio::test]
-async fn a_ledger_object_s3_will_not_return_fails_the_record_rather_than_copy_again() {
-    let app = spawn_app_with(Setup::default()).await;
-    let id = app.completed(vec![FileSpec::csv("a.csv.gz", 19, 10)]);
-    assert!(app.deliver(&[&id]).await.is_empty());
-    let (proxy, url) = FaultyS3::answering(|method, path| {
-        (*method == Method::GET && path.ends_with(".json")).then_some((StatusCode::FORBIDDEN, ""))
-    })
-    .await;
-    let relay = relay_through(&app, &url).await;
-
-    assert_eq!(failures(&relay, record("m1", &id, 1)).await, vec![json!({"itemIdentifier": "m1"})]);
-    assert_eq!(proxy.writes_to(&app.key(&id, "a.csv.gz")), 0, "not copied again");
-    assert_eq!(app.webhooks().len(), 1, "not sent again");
+        assert_eq!(
+            failures(&relay, record("m1", &id, 1)).await,
+            vec![json!({"itemIdentifier": "m1"})],
+            "{case}"
+        );
+        assert_eq!(proxy.writes_to(&app.key(&id, "a.csv.gz")), 0, "{case}: not copied again");
+        assert_eq!(app.webhooks().len(), 1, "{case}: not sent again");
+    }
 }
 
 #[tokio::test]
