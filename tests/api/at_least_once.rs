@@ -153,19 +153,25 @@ async fn an_export_cut_short_resumes_file_by_file() {
     assert_eq!(app.pending_uploads().await, 0);
 }
 
-#[tokio::test]
-async fn a_409_on_the_manifest_write_is_retried_and_the_commit_lands() {
-    let app = spawn_app_with(Setup::default()).await;
-    let id = app.completed(vec![FileSpec::csv("a.csv.gz", 1, 10)]);
-    let once = Arc::new(AtomicUsize::new(0));
-    let (proxy, url) = FaultyS3::answering(move |method, path| {
-        let manifest = *method == Method::PUT && path.ends_with("/manifest.json");
-        (manifest && once.fetch_add(1, Ordering::SeqCst) == 0).then_some((
+/// A proxy that answers S3's 409 `ConditionalRequestConflict` (a conditional write in flight)
+/// to the `nth` PUT, counted from 0, of a key ending in `ending`, and passes the rest.
+async fn conflict_on_put(nth: usize, ending: &'static str) -> (FaultyS3, String) {
+    let puts = AtomicUsize::new(0);
+    FaultyS3::answering(move |method, path| {
+        let put = *method == Method::PUT && path.ends_with(ending);
+        (put && puts.fetch_add(1, Ordering::SeqCst) == nth).then_some((
             StatusCode::CONFLICT,
             "<Error><Code>ConditionalRequestConflict</Code><Message>A conflicting operation is in progress</Message></Error>",
         ))
     })
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn a_409_on_the_manifest_write_is_retried_and_the_commit_lands() {
+    let app = spawn_app_with(Setup::default()).await;
+    let id = app.completed(vec![FileSpec::csv("a.csv.gz", 1, 10)]);
+    let (proxy, url) = conflict_on_put(0, "/manifest.json").await;
     let relay = relay_through(&app, &url).await;
 
     assert!(failures(&relay, record("m0", &id, 1)).await.is_empty(), "committed in this invocation");
@@ -183,16 +189,8 @@ fn chain(attempt: u32, by: &str) -> Chain {
 #[tokio::test]
 async fn a_409_on_a_chain_move_is_retried_not_read_as_another_records_move() {
     let app = spawn_app_with(Setup::default()).await;
-    let puts = Arc::new(AtomicUsize::new(0));
-    let (proxy, url) = FaultyS3::answering(move |method, path| {
-        let chain_put = *method == Method::PUT && path.ends_with("/.chain.json");
-        // The first move (If-None-Match) passes; the second (If-Match) is answered 409 once.
-        (chain_put && puts.fetch_add(1, Ordering::SeqCst) == 1).then_some((
-            StatusCode::CONFLICT,
-            "<Error><Code>ConditionalRequestConflict</Code><Message>A conflicting operation is in progress</Message></Error>",
-        ))
-    })
-    .await;
+    // The first move (If-None-Match) passes; the second (If-Match) is answered 409 once.
+    let (proxy, url) = conflict_on_put(1, "/.chain.json").await;
     let ledger = ledger_through(&app, &url).await;
     let id = ExportId::parse("exp-chain-409").unwrap();
 
