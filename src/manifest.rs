@@ -348,6 +348,8 @@ impl Ledger {
         self.put_json(&self.sweep_cursor_key(), body).await
     }
 
+    /// Whether the object is there, by `HeadObject`: only a 404 is "no"; any other failure is an
+    /// error, so a marker that cannot be read is never taken as absent.
     async fn exists(&self, key: &str) -> Result<bool, LedgerError> {
         match self.s3.head_object().bucket(&self.bucket).key(key).send().await {
             Ok(_) => Ok(true),

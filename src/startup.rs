@@ -47,11 +47,16 @@ pub fn build_relay(config: &Config, aws: &SdkConfig) -> Result<Relay, StartupErr
     build_relay_with(config, aws, Metrics::stdout(&config.metrics_namespace))
 }
 
-/// `build_relay` with its metrics written where the caller says: tests read them back.
-pub fn build_relay_with(config: &Config, aws: &SdkConfig, metrics: Metrics) -> Result<Relay, StartupError> {
+/// The S3 client the copies and the ledger share, addressed as `S3_FORCE_PATH_STYLE` says.
+pub fn s3_client(config: &Config, aws: &SdkConfig) -> aws_sdk_s3::Client {
     let s3_config =
         aws_sdk_s3::config::Builder::from(aws).force_path_style(config.s3_force_path_style).build();
-    let s3 = aws_sdk_s3::Client::from_conf(s3_config);
+    aws_sdk_s3::Client::from_conf(s3_config)
+}
+
+/// `build_relay` with its metrics written where the caller says: tests read them back.
+pub fn build_relay_with(config: &Config, aws: &SdkConfig, metrics: Metrics) -> Result<Relay, StartupError> {
+    let s3 = s3_client(config, aws);
     let sqs = aws_sdk_sqs::Client::new(aws);
     let api_http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())

@@ -209,7 +209,7 @@ async fn a_chain_deleted_between_its_read_and_its_move_is_not_written_again() {
     let ledger = app.ledger();
     let id = ExportId::parse("exp-chain-gone").unwrap();
     let opened = ledger.move_chain(&id, None, chain(1, "m1")).await.unwrap().expect("opened");
-    let key = format!("{}{id}/.chain.json", app.config.prefix);
+    let key = app.key(id.as_str(), ".chain.json");
     app.s3.delete_object().bucket(&app.bucket).key(key).send().await.unwrap();
 
     let moved = ledger.move_chain(&id, Some(&opened), chain(2, "m2")).await.unwrap();

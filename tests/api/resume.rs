@@ -211,12 +211,12 @@ async fn a_first_request_closed_without_an_answer_is_sent_again_after_a_growing_
 async fn a_first_get_answered_408_429_or_5xx_is_sent_again_and_another_refusal_is_not() {
     let app = spawn_app().await;
     let transient = [408, 429, 500, 503];
-    let once = |(seed, code): (u64, u16)| {
+    let refused_once = |seed: u64, code: u16| {
         FileSpec::csv(&format!("{code}.csv.gz"), seed, 5_000)
             .with_faults_in_turn(&[DownloadFault::Status(code)])
     };
-    let passing = app
-        .completed(transient.into_iter().enumerate().map(|(i, code)| once((40 + i as u64, code))).collect());
+    let passing =
+        app.completed(transient.into_iter().zip(40..).map(|(code, seed)| refused_once(seed, code)).collect());
     let conflict =
         app.completed(vec![FileSpec::csv("409.csv.gz", 45, 5_000).with_fault(DownloadFault::Status(409))]);
 

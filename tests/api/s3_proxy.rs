@@ -249,9 +249,8 @@ pub async fn relay_through(app: &crate::helpers::TestApp, proxy_url: &str) -> ex
 
 /// The relay's ledger in the test's bucket, reached through `proxy_url`, as the relay builds it.
 pub async fn ledger_through(app: &crate::helpers::TestApp, proxy_url: &str) -> Ledger {
-    let aws = aws_through(proxy_url).await;
-    let s3 = aws_sdk_s3::config::Builder::from(&aws).force_path_style(app.config.s3_force_path_style).build();
-    Ledger::new(aws_sdk_s3::Client::from_conf(s3), app.bucket.clone(), app.config.prefix.clone())
+    let s3 = startup::s3_client(&app.config, &aws_through(proxy_url).await);
+    Ledger::new(s3, app.config.bucket.clone(), app.config.prefix.clone())
 }
 
 async fn aws_through(proxy_url: &str) -> aws_config::SdkConfig {
