@@ -186,38 +186,32 @@ impl Download {
                 .header(pin.clone(), &version)
                 .send()
                 .await;
-            let response = match sent {
-                Ok(response) => response,
-                Err(e) => {
-                    broke = Break::Error(e.without_url());
-                    tokio::time::sleep(RESUME_BACKOFF * resume).await;
-                    continue;
-                }
+            broke = match sent {
+                Err(e) => Break::Error(e.without_url()),
+                Ok(response) => match response.status() {
+                    StatusCode::PARTIAL_CONTENT => {
+                        self.check_range(&response)?;
+                        self.body = response.bytes_stream().boxed();
+                        return Ok(());
+                    }
+                    StatusCode::OK => {
+                        return Err(TransferError::Restart(format!(
+                            "the host answered 200 with the whole object where bytes {}- were asked for",
+                            self.received
+                        )));
+                    }
+                    StatusCode::PRECONDITION_FAILED | StatusCode::RANGE_NOT_SATISFIABLE => {
+                        return Err(TransferError::Restart(format!(
+                            "the object changed during the download ({})",
+                            response.status()
+                        )));
+                    }
+                    status if transient(status) => Break::Status(status),
+                    status => return Err(refused(status)),
+                },
             };
-            match response.status() {
-                StatusCode::PARTIAL_CONTENT => {
-                    self.check_range(&response)?;
-                    self.body = response.bytes_stream().boxed();
-                    return Ok(());
-                }
-                StatusCode::OK => {
-                    return Err(TransferError::Restart(format!(
-                        "the host answered 200 with the whole object where bytes {}- were asked for",
-                        self.received
-                    )));
-                }
-                StatusCode::PRECONDITION_FAILED | StatusCode::RANGE_NOT_SATISFIABLE => {
-                    return Err(TransferError::Restart(format!(
-                        "the object changed during the download ({})",
-                        response.status()
-                    )));
-                }
-                status if transient(status) => {
-                    broke = Break::Status(status);
-                    tokio::time::sleep(RESUME_BACKOFF * resume).await;
-                }
-                status => return Err(refused(status)),
-            }
+            // No answer, or one a moment may cure: the same byte again, a little later each time.
+            tokio::time::sleep(RESUME_BACKOFF * resume).await;
         }
     }
 
